@@ -1,0 +1,1 @@
+"""MindScript render worker: the domain library (no Prefect imports below this package)."""
