@@ -1,0 +1,32 @@
+# Two commands matter: `make demo` (set up, render the sample job) and `make test` (set up, run the tests).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s); set PYTHON=python3.11" % sys.version.split()[0])'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/make_assets.py
+	$(PY) flows/render.py examples/jobs/sample.json
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/render_bench.py --record
+
+lint: $(STAMP)
+	$(PY) -m ruff check mindscript tasks flows tests bench examples
+
+clean:
+	rm -rf output .mindscript .pytest_cache bench/.cache

@@ -1,0 +1,353 @@
+"""The master stage: every layer mixed, limited and encoded block by block, then verified on the file.
+
+Memory stays flat whatever the duration: each block reads its slice of the voice stem and of the (looped)
+background, synthesizes its slice of the tones, applies gains, ducking and fades, goes through the
+4x-oversampled true-peak limiter and straight into the encoder. The delivered file is then decoded and
+measured (integrated loudness, speech loudness, true peak, LRA); if encoding moved loudness or true peak
+out of tolerance the master runs again with the measured correction (MP3 encoding typically lowers
+loudness by ~0.25 LU and raises true peak by a few tenths of a dB).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from mindscript import audio_io
+from mindscript.dsp import ducking, envelopes, limiter, loudness, tones, truepeak
+from mindscript.dsp.gain import db_to_gain
+from mindscript.errors import DurationTooLong, QualityCheckFailed
+from mindscript.job import RenderJob
+from mindscript.layers import BackgroundBed, TonePlan, read_frames
+from mindscript.settings import Settings
+from mindscript.voice import VoiceStem
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[float, str], None]
+
+# Headroom the limiter keeps below the ceiling so the encoded file still meets it (MP3 overshoots).
+LIMITER_MARGIN_DB = {"mp3": 0.5, "wav": 0.05}
+LOUDNESS_TOLERANCE_LU = 0.2  # re-master when the delivered file is further than this from the aim
+MAX_ATTEMPTS = 3
+STEP_S = 0.1  # BS.1770 gating step
+
+
+@dataclass(frozen=True)
+class MasterPlan:
+    """Everything the master needs, in numbers and paths (small, JSON-friendly)."""
+
+    sample_rate: int
+    total_frames: int
+    block_frames: int
+    fmt: Literal["mp3", "wav"]
+    bitrate_kbps: int
+    target_lufs: float
+    ceiling_dbtp: float
+    limiter_margin_db: float
+    program_gain_db: float
+    voice: VoiceStem | None
+    voice_start_frame: int
+    voice_gain_db: float
+    bed: BackgroundBed | None
+    bed_gain_db: float
+    bed_fade_in_frames: int
+    loop_crossfade_frames: int
+    tones: tuple[TonePlan, ...]
+    tone_fade_frames: int
+    fade_out_frames: int
+    duck_depth_db: float
+    dither_seed: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.total_frames / self.sample_rate
+
+    @property
+    def program_mode(self) -> bool:
+        """No voice: the whole program is normalized to the target instead of the voice stem."""
+        return self.voice is None
+
+
+@dataclass(frozen=True)
+class Quality:
+    """Measured on the delivered (decoded) file."""
+
+    integrated_lufs: float
+    speech_lufs: float | None
+    true_peak_dbtp: float
+    lra_lu: float
+    duration_s: float
+    sample_rate: int
+    channels: int
+    frames: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class MasterOutcome:
+    plan: MasterPlan
+    quality: Quality
+    attempts: int
+    pre_encode_lufs: float
+    warnings: tuple[str, ...]
+
+
+def plan_master(
+    job: RenderJob,
+    settings: Settings,
+    *,
+    voice: VoiceStem | None,
+    bed: BackgroundBed | None,
+    tone_plans: tuple[TonePlan, ...],
+    sample_rate: int,
+) -> MasterPlan:
+    """Place the voice, size the program and set every gain (relative to the voice, or to the target)."""
+    sr = sample_rate
+    requested = int(round(job.project.duration_min * 60.0 * sr))
+    start = 0
+    total = requested
+    if voice is not None:
+        hop = voice.hop_frames
+        start = int(round(settings.voice_lead_in_s * sr / hop)) * hop  # on the activity grid
+        total = max(requested, start + voice.frames + int(round(settings.voice_tail_s * sr)))
+    limit = settings.max_duration_minutes * 60.0
+    if total / sr > limit + 1e-9:
+        raise DurationTooLong(
+            f"payload.projectData.durationMin: the voice needs {total / sr / 60:.1f} minutes "
+            f"(lead-in {settings.voice_lead_in_s:g} s + speech {voice.duration_s if voice else 0:.0f} s + tail "
+            f"{settings.voice_tail_s:g} s), over MAX_DURATION_MINUTES={settings.max_duration_minutes:g}",
+            stage="MIXING_AUDIO",
+        )
+    layers = job.project.layers
+    voice_gain = 0.0
+    if voice is not None:
+        voice_gain = settings.target_lufs + (layers.voice.gain_db or 0.0) - voice.measured_lufs
+    bed_gain = 0.0
+    if bed is not None:
+        rel = layers.background.gain_db if layers.background.gain_db is not None else settings.background_rel_lu
+        bed_gain = settings.target_lufs + rel - bed.measured_lufs
+    fmt = job.output.format
+    return MasterPlan(
+        sample_rate=sr,
+        total_frames=total,
+        block_frames=settings.block_frames,
+        fmt=fmt,
+        bitrate_kbps=job.output.bitrate_kbps,
+        target_lufs=settings.target_lufs,
+        ceiling_dbtp=settings.true_peak_ceiling_dbtp,
+        limiter_margin_db=LIMITER_MARGIN_DB[fmt],
+        program_gain_db=0.0,
+        voice=voice,
+        voice_start_frame=start,
+        voice_gain_db=voice_gain,
+        bed=bed,
+        bed_gain_db=bed_gain,
+        bed_fade_in_frames=int(settings.background_fade_in_s * sr),
+        loop_crossfade_frames=int(settings.loop_crossfade_s * sr),
+        tones=tone_plans,
+        tone_fade_frames=int(settings.tone_fade_s * sr),
+        fade_out_frames=int(settings.program_fade_out_s * sr),
+        duck_depth_db=settings.duck_depth_db,
+        dither_seed=zlib.crc32(job.id.encode()),
+    )
+
+
+class Mixer:
+    """Produces any block of the unmastered mix (before program gain and limiter)."""
+
+    def __init__(self, plan: MasterPlan) -> None:
+        self.plan = plan
+        self.duck_curve: np.ndarray | None = None
+        self.activity: np.ndarray | None = None
+        if plan.voice is not None:
+            v = plan.voice
+            lead = np.zeros(plan.voice_start_frame // v.hop_frames, dtype=bool)
+            self.activity = np.concatenate([lead, np.load(v.activity_path)])
+            if plan.bed is not None and plan.duck_depth_db > 0:
+                params = ducking.DuckParams(depth_db=plan.duck_depth_db)
+                self.duck_curve = ducking.duck_curve(self.activity, params, v.hop_frames / v.sample_rate)
+        self._voice_gain = db_to_gain(plan.voice_gain_db)
+        self._bed_gain = db_to_gain(plan.bed_gain_db)
+        if plan.bed is not None:
+            length = plan.bed.frames
+            self._xfade = min(plan.loop_crossfade_frames, length // 4)
+            self._fade_out_curve, self._fade_in_curve = envelopes.equal_power_crossfade(self._xfade)
+
+    def block(self, start: int, n: int) -> np.ndarray:
+        p = self.plan
+        mix = np.zeros((n, 2), dtype=np.float32)
+        if p.voice is not None:
+            mix += self._voice_block(start, n) * np.float32(self._voice_gain)
+        if p.bed is not None:
+            bed = self._bed_block(start, n)
+            gain = envelopes.fade_gain(start, n, p.total_frames, p.bed_fade_in_frames, p.fade_out_frames)
+            gain *= np.float32(self._bed_gain)
+            if self.duck_curve is not None:
+                gain *= ducking.duck_gain_block(self.duck_curve, p.voice.hop_frames, start, n)  # type: ignore[union-attr]
+            mix += bed * gain[:, None]
+        for tone in p.tones:
+            fade = envelopes.fade_gain(start, n, p.total_frames, p.tone_fade_frames,
+                                       max(p.tone_fade_frames, p.fade_out_frames))
+            mix += tones.tone_block(tone.params, p.sample_rate, start, n) * fade[:, None]
+        return mix
+
+    def _voice_block(self, start: int, n: int) -> np.ndarray:
+        v = self.plan.voice
+        assert v is not None
+        offset = start - self.plan.voice_start_frame
+        out = np.zeros((n, 1), dtype=np.float32)
+        lo = max(0, -offset)
+        hi = min(n, v.frames - offset)
+        if hi > lo:
+            out[lo:hi] = read_frames(v.path, offset + lo, hi - lo, 1)
+        return out
+
+    def _bed_block(self, start: int, n: int) -> np.ndarray:
+        bed = self.plan.bed
+        assert bed is not None
+        length, xfade = bed.frames, self._xfade
+        if not bed.loop or length - xfade <= 0 or start + n <= length:
+            return read_frames(bed.path, start, n, 2)
+        # Looped timeline: period P = length - xfade; each new cycle's first `xfade` frames cross-fade
+        # (equal power) from the previous cycle's tail, so the loop point is seamless.
+        period = length - xfade
+        out = np.empty((n, 2), dtype=np.float32)
+        filled = 0
+        while filled < n:
+            cycle, offset = divmod(start + filled, period)
+            seg = min(n - filled, period - offset)
+            part = read_frames(bed.path, offset, seg, 2)
+            if cycle > 0 and offset < xfade:
+                m = min(seg, xfade - offset)
+                tail = read_frames(bed.path, period + offset, m, 2)
+                part[:m] = (part[:m] * self._fade_in_curve[offset:offset + m, None]
+                            + tail * self._fade_out_curve[offset:offset + m, None])
+            out[filled:filled + seg] = part
+            filled += seg
+        return out
+
+
+def _blocks(plan: MasterPlan) -> range:
+    return range(0, plan.total_frames, plan.block_frames)
+
+
+def measure_mix(plan: MasterPlan, mixer: Mixer, on_progress: Progress | None = None) -> float:
+    """Integrated loudness of the unmastered mix (program mode sets its gain from this)."""
+    meter = loudness.meter_init(plan.sample_rate, 2)
+    starts = _blocks(plan)
+    for i, start in enumerate(starts):
+        meter = loudness.meter_update(meter, mixer.block(start, min(plan.block_frames, plan.total_frames - start)))
+        if on_progress and i % 8 == 0:
+            on_progress((i + 1) / len(starts), "measuring the program loudness")
+    return loudness.meter_result(meter).integrated_lufs
+
+
+def render_pass(plan: MasterPlan, mixer: Mixer, out_path: Path, on_progress: Progress | None = None) -> float:
+    """Mix, limit and encode into ``out_path``; returns the pre-encode integrated loudness."""
+    ceiling = plan.ceiling_dbtp - plan.limiter_margin_db
+    lim = limiter.limiter_init(limiter.LimiterParams(sample_rate=plan.sample_rate, ceiling_dbtp=ceiling), 2)
+    meter = loudness.meter_init(plan.sample_rate, 2)
+    gain = np.float32(db_to_gain(plan.program_gain_db))
+    starts = _blocks(plan)
+    with audio_io.open_encoder(out_path, fmt=plan.fmt, sample_rate=plan.sample_rate, channels=2,
+                               bitrate_kbps=plan.bitrate_kbps, dither_seed=plan.dither_seed) as enc:
+        for i, start in enumerate(starts):
+            block = mixer.block(start, min(plan.block_frames, plan.total_frames - start))
+            block *= gain
+            out, lim = limiter.limiter_process(lim, block)
+            if len(out):
+                enc.write(out)
+                meter = loudness.meter_update(meter, out)
+            if on_progress:
+                on_progress((i + 1) / len(starts), f"mixed {min(start + plan.block_frames, plan.total_frames) / plan.sample_rate:.0f} s")
+        out, lim = limiter.limiter_flush(lim)
+        if len(out):
+            enc.write(out)
+            meter = loudness.meter_update(meter, out)
+    return loudness.meter_result(meter).integrated_lufs
+
+
+def measure_file(path: Path, activity: np.ndarray | None = None, hop_frames: int = 0) -> Quality:
+    """Loudness, speech loudness, true peak and LRA of an encoded file, decoded block by block."""
+    info = audio_io.read_info(path)
+    meter = loudness.meter_init(info.sample_rate, info.channels)
+    peak = truepeak.truepeak_init(info.channels)
+    frames = 0
+    for block in audio_io.iter_blocks(path, 1 << 16):
+        meter = loudness.meter_update(meter, block)
+        peak = truepeak.truepeak_update(peak, block)
+        frames += len(block)
+    stats = loudness.meter_result(meter)
+    speech = None
+    if activity is not None and hop_frames and activity.any():
+        speech = loudness.meter_result(meter, step_mask=_step_mask(activity, hop_frames, info.sample_rate, frames)).integrated_lufs
+    return Quality(
+        integrated_lufs=round(stats.integrated_lufs, 2),
+        speech_lufs=None if speech is None or not math.isfinite(speech) else round(speech, 2),
+        true_peak_dbtp=round(truepeak.truepeak_db(peak), 2),
+        lra_lu=round(stats.lra_lu, 2),
+        duration_s=round(frames / info.sample_rate, 3),
+        sample_rate=info.sample_rate,
+        channels=info.channels,
+        frames=frames,
+    )
+
+
+def _step_mask(activity: np.ndarray, hop_frames: int, sample_rate: int, frames: int) -> np.ndarray:
+    """Per 100 ms gating step: does the voice speak in it? (``activity`` has one flag per hop)."""
+    hops_per_step = max(1, int(round(STEP_S * sample_rate / hop_frames)))
+    steps = frames // (hops_per_step * hop_frames)
+    flags = np.zeros(steps * hops_per_step, dtype=bool)
+    used = min(flags.size, activity.size)
+    flags[:used] = activity[:used]
+    return flags.reshape(steps, hops_per_step).any(axis=1)
+
+
+def master(plan: MasterPlan, out_path: Path, *, on_mix: Progress | None = None,
+           on_verify: Progress | None = None) -> MasterOutcome:
+    """Render, measure the delivered file, and re-render with the measured correction if needed."""
+    mixer = Mixer(plan)
+    notes: list[str] = []
+    if plan.program_mode:
+        measured = measure_mix(plan, mixer, on_verify)
+        if not math.isfinite(measured):
+            raise QualityCheckFailed("the program is silent: enable at least one audible layer", stage="NORMALIZING")
+        plan = dataclasses.replace(plan, program_gain_db=plan.target_lufs - measured)
+    hop = plan.voice.hop_frames if plan.voice else 0
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        pre = render_pass(plan, mixer, out_path, on_mix)
+        if on_verify:
+            on_verify(0.5, f"measuring the delivered file (attempt {attempt})")
+        quality = measure_file(out_path, mixer.activity, hop)
+        aim = plan.target_lufs if plan.program_mode else pre
+        error = aim - quality.integrated_lufs
+        over = quality.true_peak_dbtp - plan.ceiling_dbtp
+        log.info("master attempt %d: %.2f LUFS (aim %.2f), true peak %.2f dBTP (ceiling %.1f)", attempt,
+                 quality.integrated_lufs, aim, quality.true_peak_dbtp, plan.ceiling_dbtp)
+        if over <= 0 and abs(error) <= LOUDNESS_TOLERANCE_LU:
+            return MasterOutcome(plan, quality, attempt, round(pre, 2), tuple(notes))
+        if attempt == MAX_ATTEMPTS:
+            break
+        plan = dataclasses.replace(
+            plan,
+            program_gain_db=plan.program_gain_db + error,
+            limiter_margin_db=plan.limiter_margin_db + max(0.0, over + 0.1),
+        )
+    if over > 0:
+        raise QualityCheckFailed(
+            f"true peak {quality.true_peak_dbtp:.2f} dBTP stays above the {plan.ceiling_dbtp:g} dBTP ceiling "
+            f"after {MAX_ATTEMPTS} attempts", stage="NORMALIZING")
+    notes.append(f"delivered loudness {quality.integrated_lufs:.2f} LUFS is {error:+.2f} LU from the aim "
+                 f"after {MAX_ATTEMPTS} attempts")
+    return MasterOutcome(plan, quality, MAX_ATTEMPTS, round(pre, 2), tuple(notes))

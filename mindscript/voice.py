@@ -1,0 +1,200 @@
+"""The voice stem: script -> speech chunks -> provider audio -> one mono float32 WAV in the workspace.
+
+Pauses from the script become exact digital silence written here, never sent to a provider. The stem is
+measured once (BS.1770 integrated loudness, gated) so the master can normalize it to TARGET_LUFS, and a
+speech-activity flag per 10 ms hop is saved beside it for ducking and for the "speech loudness" figure.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mindscript import audio_io
+from mindscript.dsp import loudness, ducking
+from mindscript.errors import InvalidAudio, InvalidJob
+from mindscript.job import RenderJob
+from mindscript.script import Pause, Speech, chunk_text, parse_script
+from mindscript.settings import Settings
+from mindscript.tts.base import TTSProvider, TTSRequest
+
+log = logging.getLogger(__name__)
+
+CHUNK_GAP_S = 0.35  # breath between chunks of one paragraph (a sentence boundary)
+EDGE_FADE_S = 0.005  # click-free chunk joins
+TRIM_THRESHOLD_DB = -50.0  # provider lead/tail silence below this (relative to the chunk peak) is trimmed
+TRIM_KEEP_S = 0.03
+HOP_S = 0.01
+
+
+@dataclass(frozen=True)
+class VoiceChoice:
+    provider: str
+    voice: str
+    model: str | None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class VoiceStem:
+    """A small reference to the voice stem file and what the master needs to know about it."""
+
+    path: str
+    activity_path: str
+    sample_rate: int
+    frames: int
+    hop_frames: int
+    measured_lufs: float
+    speech_s: float
+    provider: str
+    voice: str
+    model: str | None
+    characters: int
+    chunks: int
+    cache_hits: int = 0
+    estimated_cost_usd: float = 0.0
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def choose_voice(job: RenderJob, settings: Settings, available: set[str]) -> VoiceChoice:
+    """Which provider and voice read the script.
+
+    Precedence: ``layers.voice.provider``/``voiceCode`` when given, else the ``voiceRef`` "provider:voice"
+    string, else the local voice. A provider that is not available here falls back to the local voice, with
+    a warning (the local espeak-ng voice needs no key and is the last fallback).
+    """
+    layer = job.project.layers.voice
+    ref_provider, ref_voice = None, None
+    if job.project.voice_ref:
+        ref_provider, _, ref_voice = job.project.voice_ref.partition(":")
+        ref_provider = ref_provider.strip().lower() or None
+        ref_voice = ref_voice.strip() or None
+    provider = layer.provider or ref_provider or "local"
+    voice = layer.voice_code or (ref_voice if provider == ref_provider else None)
+    notes: list[str] = []
+    if provider not in available:
+        notes.append(f"voice provider {provider!r} is not available on this worker; used the local voice instead")
+        provider, voice = "local", None
+    if provider == "local" and not voice:
+        voice = settings.local_voice
+    if not voice:
+        raise InvalidJob(f"payload.projectData.layers.voice.voiceCode: required for provider {provider!r} (got None)")
+    return VoiceChoice(provider=provider, voice=voice, model=layer.model, warnings=tuple(notes))
+
+
+def render_voice(
+    job: RenderJob,
+    settings: Settings,
+    workspace: Path,
+    tts: TTSProvider,
+    choice: VoiceChoice,
+    *,
+    sample_rate: int,
+    on_progress: Callable[[float, str], None] | None = None,
+) -> VoiceStem:
+    """Synthesize the script into ``workspace/voice.wav`` and measure it."""
+    layer = job.project.layers.voice
+    segments = parse_script(job.project.script_text, paragraph_pause_s=settings.paragraph_pause_s)
+    limit = min(settings.tts_chunk_size, tts.max_chars(choice.model))
+    plan: list[str | float] = []  # chunk text, or seconds of silence
+    for seg in segments:
+        if isinstance(seg, Pause):
+            plan.append(seg.seconds)
+        elif isinstance(seg, Speech):
+            pieces = chunk_text(seg.text, limit)
+            for i, piece in enumerate(pieces):
+                if i:
+                    plan.append(CHUNK_GAP_S)
+                plan.append(piece)
+    texts = [p for p in plan if isinstance(p, str)]
+    if not texts:
+        raise InvalidJob(
+            f"payload.projectData.scriptText: no speakable text for the enabled voice layer "
+            f"(got {job.project.script_text[:60]!r})"
+        )
+
+    stem_path = workspace / "voice.wav"
+    done = 0
+    with audio_io.open_stem_writer(stem_path, sample_rate=sample_rate, channels=1) as stem:
+        for item in plan:
+            if isinstance(item, float):
+                stem.write(np.zeros((int(round(item * sample_rate)), 1), dtype=np.float32))
+                continue
+            request = TTSRequest(text=item, voice=choice.voice, model=choice.model, speed=layer.speed,
+                                 instructions=layer.instructions)
+            audio = tts.synthesize(request)
+            samples = audio_io.decode_bytes(audio.data, sample_rate=sample_rate, channels=1,
+                                            fmt_hint=audio.fmt, pcm_rate=audio.sample_rate)
+            stem.write(_trim_and_fade(samples, sample_rate))
+            done += 1
+            if on_progress:
+                on_progress(done / len(texts), f"voice chunk {done}/{len(texts)}")
+
+    return _measure_stem(stem_path, choice, sample_rate=sample_rate, characters=sum(map(len, texts)),
+                         chunks=len(texts), warnings=choice.warnings)
+
+
+def _trim_and_fade(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Trim provider lead/tail silence consistently and fade the edges so joins cannot click."""
+    x = samples.reshape(len(samples), -1)[:, :1]
+    if len(x) == 0:
+        return x.astype(np.float32)
+    peak = float(np.max(np.abs(x)))
+    if peak > 0:
+        loud = np.flatnonzero(np.abs(x[:, 0]) > peak * 10 ** (TRIM_THRESHOLD_DB / 20))
+        keep = int(TRIM_KEEP_S * sample_rate)
+        x = x[max(0, loud[0] - keep): min(len(x), loud[-1] + 1 + keep)]
+    n = min(int(EDGE_FADE_S * sample_rate), len(x) // 2)
+    if n:
+        ramp = np.sin(np.linspace(0.0, np.pi / 2, n, dtype=np.float32)) ** 2
+        x = x.copy()
+        x[:n, 0] *= ramp
+        x[-n:, 0] *= ramp[::-1]
+    return x.astype(np.float32, copy=False)
+
+
+def _measure_stem(
+    path: Path, choice: VoiceChoice, *, sample_rate: int, characters: int, chunks: int, warnings: tuple[str, ...]
+) -> VoiceStem:
+    hop = int(round(HOP_S * sample_rate))
+    meter = loudness.meter_init(sample_rate, 1)
+    flags: list[np.ndarray] = []
+    frames = 0
+    for block in audio_io.iter_blocks(path, hop * 1000):
+        meter = loudness.meter_update(meter, block)
+        flags.append(ducking.speech_activity(block[:, 0], sample_rate, hop))
+        frames += len(block)
+    activity = np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
+    measured = loudness.meter_result(meter).integrated_lufs
+    if not math.isfinite(measured):
+        raise InvalidAudio(f"the voice stem is silent ({choice.provider}:{choice.voice} returned no audible speech)")
+    activity_path = path.with_name("voice_activity.npy")
+    np.save(activity_path, activity)
+    return VoiceStem(
+        path=str(path),
+        activity_path=str(activity_path),
+        sample_rate=sample_rate,
+        frames=frames,
+        hop_frames=hop,
+        measured_lufs=round(measured, 3),
+        speech_s=round(float(activity.sum()) * hop / sample_rate, 2),
+        provider=choice.provider,
+        voice=choice.voice,
+        model=choice.model,
+        characters=characters,
+        chunks=chunks,
+        warnings=warnings,
+    )

@@ -1,0 +1,1 @@
+"""Thin Prefect tasks: build services from settings, call mindscript, return small references."""
