@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def configure_environment(argv: list[str]) -> None:
+    """Environment for a local CLI render; must run before settings or Prefect are first imported."""
+    args, _ = _parser().parse_known_args(argv)
+    _configure(args)
+
+
 def _configure(args: argparse.Namespace) -> None:
-    """Environment for a local CLI render; must run before settings or Prefect are first used."""
     os.environ["ALLOW_LOCAL_ASSETS"] = "true"  # local files are fine for the person at this terminal
     os.environ["ASSET_BASE_DIR"] = str(args.job.resolve().parent)
     if args.output_dir:
         os.environ["STORAGE_DIR"] = str(args.output_dir)
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # Without PREFECT_API_URL Prefect starts a temporary server; its first start migrates a database.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -76,7 +83,8 @@ def main(argv: list[str]) -> int:
     bar_task = bar.add_task("Starting", total=100)
 
     def bar_sink(event: Any) -> None:
-        bar.update(bar_task, completed=event.percent, description=f"{event.stage.value.replace('_', ' ').lower()}")
+        label = "done" if event.kind == "completed" else event.stage.value.replace("_", " ").lower()
+        bar.update(bar_task, completed=event.percent, description=label)
 
     render_mod.EXTRA_SINKS.append(bar_sink)
     try:
@@ -87,8 +95,9 @@ def main(argv: list[str]) -> int:
         failed = result_mod.failure(exc, stage=stage)
         err.print(f"[red]render failed[/] ({failed['error']['code']} at {failed['error']['stage']}): "
                   f"{failed['error']['message']}")
-        code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 130 if isinstance(exc, KeyboardInterrupt) else 1
-        return finish(failed, code)
+        if isinstance(exc, SystemExit) and isinstance(exc.code, int):
+            return finish(failed, exc.code)
+        return finish(failed, 130 if isinstance(exc, KeyboardInterrupt) else 1)
     finally:
         render_mod.EXTRA_SINKS.remove(bar_sink)
 
@@ -104,12 +113,17 @@ def _print_summary(console: Any, result: dict[str, Any]) -> None:
     loud = meta["loudness"]
     path = data["outputUrl"].removeprefix("file://")
     t = Table(title="Render complete", show_header=False, title_justify="left")
+    t.add_column(no_wrap=True)
+    t.add_column(overflow="fold")
     t.add_row("output", path)
     t.add_row("duration", f"{meta['durationSeconds']:.1f} s ({meta['format']}, {meta['sampleRate']} Hz, "
                           f"{meta['channels']} ch, {meta['sizeBytes'] / 1e6:.2f} MB)")
-    t.add_row("loudness", f"{loud['integratedLufs']:.1f} LUFS integrated (target {loud['targetLufs']:g}), "
-                          f"speech {loud['speechLufs'] if loud['speechLufs'] is not None else '-'} LUFS, "
-                          f"LRA {loud['lraLu']:.1f} LU")
+    if loud["mode"] == "voice":
+        t.add_row("loudness", f"voice {loud['speechLufs']:.1f} LUFS (target {loud['targetLufs']:g}, voice-anchored); "
+                              f"whole file {loud['integratedLufs']:.1f} LUFS integrated, LRA {loud['lraLu']:.1f} LU")
+    else:
+        t.add_row("loudness", f"{loud['integratedLufs']:.1f} LUFS integrated (target {loud['targetLufs']:g}), "
+                              f"LRA {loud['lraLu']:.1f} LU")
     t.add_row("true peak", f"{loud['truePeakDbtp']:.2f} dBTP (ceiling {loud['ceilingDbtp']:g})")
     t.add_row("layers used", ", ".join(meta["layers"]["used"]) or "-")
     t.add_row("layers skipped", "; ".join(f"{s['layer']} ({s['reason']})" for s in meta["layers"]["skipped"]) or "-")
@@ -117,3 +131,4 @@ def _print_summary(console: Any, result: dict[str, Any]) -> None:
         t.add_row("warnings", "\n".join(meta["warnings"]))
     t.add_row("timings", ", ".join(f"{k.lower()} {v:.2f}s" for k, v in meta["timings"].items()))
     console.print(t)
+    console.print(f"Output: {path}")

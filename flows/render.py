@@ -11,6 +11,10 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # `python flows/render.py`: make the project root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __name__ == "__main__":  # before Prefect is imported: it reads its logging settings at import
+    from flows.cli import configure_environment
+
+    configure_environment(sys.argv[1:])
 
 from typing import Any
 
@@ -45,7 +49,8 @@ def render_job(job: RenderJob) -> dict[str, Any]:
     try:
         with ws_mod.workspace(settings.work_dir, job.id) as ws:
             layers = job.project.layers
-            voice_f = generate_voice.submit(job, str(ws)) if layers.voice.enabled and job.project.script_text.strip() else None
+            speaks = layers.voice.enabled and bool(job.project.script_text.strip())
+            voice_f = generate_voice.submit(job, str(ws)) if speaks else None
             bed_f = fetch_background.submit(job, str(ws)) if layers.background.enabled else None
             tone_fs = {k: plan_tone.submit(k, job) for k in ("solfeggio", "binaural") if getattr(layers, k).enabled}
             if layers.voice.enabled and voice_f is None:

@@ -36,9 +36,11 @@ Progress = Callable[[float, str], None]
 
 # Headroom the limiter keeps below the ceiling so the encoded file still meets it (MP3 overshoots).
 LIMITER_MARGIN_DB = {"mp3": 0.5, "wav": 0.05}
+# MP3 (LAME, 128-192 kbps) delivers about 0.25 LU less than it is fed (its low-pass and quantization
+# remove energy); the master feeds it that much more, and verification catches what differs.
+ENCODER_LOUDNESS_COMP_DB = {"mp3": 0.25, "wav": 0.0}
 LOUDNESS_TOLERANCE_LU = 0.2  # re-master when the delivered file is further than this from the aim
 MAX_ATTEMPTS = 3
-STEP_S = 0.1  # BS.1770 gating step
 
 
 @dataclass(frozen=True)
@@ -118,8 +120,8 @@ def plan_master(
     start = 0
     total = requested
     if voice is not None:
-        hop = voice.hop_frames
-        start = int(round(settings.voice_lead_in_s * sr / hop)) * hop  # on the activity grid
+        step = sr // 10  # on the 100 ms loudness-step grid (a multiple of the 10 ms activity hop)
+        start = int(round(settings.voice_lead_in_s * 10)) * step
         total = max(requested, start + voice.frames + int(round(settings.voice_tail_s * sr)))
     limit = settings.max_duration_minutes * 60.0
     if total / sr > limit + 1e-9:
@@ -169,14 +171,18 @@ class Mixer:
     def __init__(self, plan: MasterPlan) -> None:
         self.plan = plan
         self.duck_curve: np.ndarray | None = None
-        self.activity: np.ndarray | None = None
+        self.speech_blocks: np.ndarray | None = None  # per 400 ms gating block of the program
         if plan.voice is not None:
             v = plan.voice
-            lead = np.zeros(plan.voice_start_frame // v.hop_frames, dtype=bool)
-            self.activity = np.concatenate([lead, np.load(v.activity_path)])
+            with np.load(v.analysis_path) as analysis:
+                activity, blocks = analysis["activity"], analysis["speech_blocks"]
+            lead_steps = plan.voice_start_frame // (plan.sample_rate // 10)
+            self.speech_blocks = np.concatenate([np.zeros(lead_steps, dtype=bool), blocks])
             if plan.bed is not None and plan.duck_depth_db > 0:
+                lead = np.zeros(plan.voice_start_frame // v.hop_frames, dtype=bool)
                 params = ducking.DuckParams(depth_db=plan.duck_depth_db)
-                self.duck_curve = ducking.duck_curve(self.activity, params, v.hop_frames / v.sample_rate)
+                self.duck_curve = ducking.duck_curve(np.concatenate([lead, activity]), params,
+                                                     v.hop_frames / v.sample_rate)
         self._voice_gain = db_to_gain(plan.voice_gain_db)
         self._bed_gain = db_to_gain(plan.bed_gain_db)
         if plan.bed is not None:
@@ -270,7 +276,8 @@ def render_pass(plan: MasterPlan, mixer: Mixer, out_path: Path, on_progress: Pro
                 enc.write(out)
                 meter = loudness.meter_update(meter, out)
             if on_progress:
-                on_progress((i + 1) / len(starts), f"mixed {min(start + plan.block_frames, plan.total_frames) / plan.sample_rate:.0f} s")
+                done_s = min(start + plan.block_frames, plan.total_frames) / plan.sample_rate
+                on_progress((i + 1) / len(starts), f"mixed {done_s:.0f} s")
         out, lim = limiter.limiter_flush(lim)
         if len(out):
             enc.write(out)
@@ -278,8 +285,12 @@ def render_pass(plan: MasterPlan, mixer: Mixer, out_path: Path, on_progress: Pro
     return loudness.meter_result(meter).integrated_lufs
 
 
-def measure_file(path: Path, activity: np.ndarray | None = None, hop_frames: int = 0) -> Quality:
-    """Loudness, speech loudness, true peak and LRA of an encoded file, decoded block by block."""
+def measure_file(path: Path, speech_blocks: np.ndarray | None = None) -> Quality:
+    """Loudness, speech loudness, true peak and LRA of an encoded file, decoded block by block.
+
+    Speech loudness is the integrated loudness over the gating blocks in which the voice stem itself was
+    measured (``speech_blocks``), i.e. the voice as delivered, beds under it included.
+    """
     info = audio_io.read_info(path)
     meter = loudness.meter_init(info.sample_rate, info.channels)
     peak = truepeak.truepeak_init(info.channels)
@@ -290,8 +301,8 @@ def measure_file(path: Path, activity: np.ndarray | None = None, hop_frames: int
         frames += len(block)
     stats = loudness.meter_result(meter)
     speech = None
-    if activity is not None and hop_frames and activity.any():
-        speech = loudness.meter_result(meter, step_mask=_step_mask(activity, hop_frames, info.sample_rate, frames)).integrated_lufs
+    if speech_blocks is not None and speech_blocks.any():
+        speech = loudness.meter_result(meter, block_mask=speech_blocks).integrated_lufs
     return Quality(
         integrated_lufs=round(stats.integrated_lufs, 2),
         speech_lufs=None if speech is None or not math.isfinite(speech) else round(speech, 2),
@@ -304,16 +315,6 @@ def measure_file(path: Path, activity: np.ndarray | None = None, hop_frames: int
     )
 
 
-def _step_mask(activity: np.ndarray, hop_frames: int, sample_rate: int, frames: int) -> np.ndarray:
-    """Per 100 ms gating step: does the voice speak in it? (``activity`` has one flag per hop)."""
-    hops_per_step = max(1, int(round(STEP_S * sample_rate / hop_frames)))
-    steps = frames // (hops_per_step * hop_frames)
-    flags = np.zeros(steps * hops_per_step, dtype=bool)
-    used = min(flags.size, activity.size)
-    flags[:used] = activity[:used]
-    return flags.reshape(steps, hops_per_step).any(axis=1)
-
-
 def master(plan: MasterPlan, out_path: Path, *, on_mix: Progress | None = None,
            on_verify: Progress | None = None) -> MasterOutcome:
     """Render, measure the delivered file, and re-render with the measured correction if needed."""
@@ -324,13 +325,16 @@ def master(plan: MasterPlan, out_path: Path, *, on_mix: Progress | None = None,
         if not math.isfinite(measured):
             raise QualityCheckFailed("the program is silent: enable at least one audible layer", stage="NORMALIZING")
         plan = dataclasses.replace(plan, program_gain_db=plan.target_lufs - measured)
-    hop = plan.voice.hop_frames if plan.voice else 0
+    comp = ENCODER_LOUDNESS_COMP_DB[plan.fmt]
+    plan = dataclasses.replace(plan, program_gain_db=plan.program_gain_db + comp)
+    aim: float | None = plan.target_lufs if plan.program_mode else None
     for attempt in range(1, MAX_ATTEMPTS + 1):
         pre = render_pass(plan, mixer, out_path, on_mix)
         if on_verify:
             on_verify(0.5, f"measuring the delivered file (attempt {attempt})")
-        quality = measure_file(out_path, mixer.activity, hop)
-        aim = plan.target_lufs if plan.program_mode else pre
+        quality = measure_file(out_path, mixer.speech_blocks)
+        if aim is None:
+            aim = pre - comp  # voice mode: the voice is already on target; undo only what encoding shifts
         error = aim - quality.integrated_lufs
         over = quality.true_peak_dbtp - plan.ceiling_dbtp
         log.info("master attempt %d: %.2f LUFS (aim %.2f), true peak %.2f dBTP (ceiling %.1f)", attempt,

@@ -198,7 +198,9 @@ def log_sink(logger: logging.Logger | None = None) -> ProgressSink:
     return sink
 
 
-def throttled(sink: ProgressSink, min_interval_s: float = 0.5, clock: Callable[[], float] = time.monotonic) -> ProgressSink:
+def throttled(
+    sink: ProgressSink, min_interval_s: float = 0.5, clock: Callable[[], float] = time.monotonic
+) -> ProgressSink:
     """Pass stage transitions through; rate-limit sub-progress updates (for sinks that cost a request)."""
     last = [float("-inf")]
 

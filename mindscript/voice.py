@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mindscript import audio_io
-from mindscript.dsp import loudness, ducking
+from mindscript.dsp import ducking, limiter, loudness
 from mindscript.errors import InvalidAudio, InvalidJob
 from mindscript.job import RenderJob
 from mindscript.script import Pause, Speech, chunk_text, parse_script
@@ -31,6 +31,13 @@ EDGE_FADE_S = 0.005  # click-free chunk joins
 TRIM_THRESHOLD_DB = -50.0  # provider lead/tail silence below this (relative to the chunk peak) is trimmed
 TRIM_KEEP_S = 0.03
 HOP_S = 0.01
+# Speech is peaky (espeak-ng and many recordings peak 15-20 dB over their loudness). The stem is levelled on
+# its own: normalized to the target and peak-limited this far below the true-peak ceiling, so the master's
+# limiter rarely touches the voice and the delivered loudness lands on the target instead of being
+# squashed below it. The rest of the headroom is for the beds and the MP3 encoder's overshoot.
+VOICE_PEAK_HEADROOM_DB = 2.0
+LEVEL_TOLERANCE_LU = 0.1
+MAX_LEVEL_PASSES = 4
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,7 @@ class VoiceStem:
     """A small reference to the voice stem file and what the master needs to know about it."""
 
     path: str
-    activity_path: str
+    analysis_path: str  # .npz: "activity" (bool per hop) and "speech_blocks" (bool per 400 ms gating block)
     sample_rate: int
     frames: int
     hop_frames: int
@@ -143,8 +150,60 @@ def render_voice(
             if on_progress:
                 on_progress(done / len(texts), f"voice chunk {done}/{len(texts)}")
 
+    level_stem(stem_path, sample_rate=sample_rate, target_lufs=settings.target_lufs,
+               peak_dbtp=settings.true_peak_ceiling_dbtp - VOICE_PEAK_HEADROOM_DB)
     return _measure_stem(stem_path, choice, sample_rate=sample_rate, characters=sum(map(len, texts)),
                          chunks=len(texts), warnings=choice.warnings)
+
+
+def prepare_recording(
+    source: Path, workspace: Path, *, sample_rate: int, max_duration_s: float, target_lufs: float,
+    peak_dbtp: float, label: str = "upload",
+) -> VoiceStem:
+    """An uploaded recording as the voice stem: decoded (any codec) to mono at the render rate, levelled."""
+    stem_path = workspace / "voice.wav"
+    audio_io.decode_to_wav(source, stem_path, sample_rate=sample_rate, channels=1, max_duration_s=max_duration_s)
+    level_stem(stem_path, sample_rate=sample_rate, target_lufs=target_lufs, peak_dbtp=peak_dbtp)
+    choice = VoiceChoice(provider="upload", voice=label, model=None)
+    return _measure_stem(stem_path, choice, sample_rate=sample_rate, characters=0, chunks=0, warnings=())
+
+
+def _stem_loudness(path: Path, sample_rate: int, gain: float = 1.0) -> float:
+    """Integrated loudness of a mono stem as heard (in both channels), optionally after a gain."""
+    meter = loudness.meter_init(sample_rate, 2)
+    for block in audio_io.iter_blocks(path, 1 << 16):
+        meter = loudness.meter_update(meter, np.repeat(block[:, :1] * np.float32(gain), 2, axis=1))
+    return loudness.meter_result(meter).integrated_lufs
+
+
+def level_stem(path: Path, *, sample_rate: int, target_lufs: float, peak_dbtp: float) -> float:
+    """Normalize a mono stem to ``target_lufs`` with its true peak limited to ``peak_dbtp``, in place.
+
+    Limiting lowers loudness, so the gain is corrected from each pass's measurement (two passes suffice
+    for typical speech). Returns the final integrated loudness.
+    """
+    measured = _stem_loudness(path, sample_rate)
+    if not math.isfinite(measured):
+        return measured
+    gain_db = target_lufs - measured
+    leveled = path.with_name(f"{path.stem}.leveled.wav")
+    result = measured
+    for _ in range(MAX_LEVEL_PASSES):
+        params = limiter.LimiterParams(sample_rate=sample_rate, ceiling_dbtp=peak_dbtp)
+        state = limiter.limiter_init(params, 1)
+        gain = np.float32(10 ** (gain_db / 20))
+        with audio_io.open_stem_writer(leveled, sample_rate=sample_rate, channels=1) as out:
+            for block in audio_io.iter_blocks(path, 1 << 16):
+                limited, state = limiter.limiter_process(state, block[:, :1] * gain)
+                out.write(limited)
+            limited, state = limiter.limiter_flush(state)
+            out.write(limited)
+        result = _stem_loudness(leveled, sample_rate)
+        if abs(target_lufs - result) <= LEVEL_TOLERANCE_LU:
+            break
+        gain_db += target_lufs - result
+    leveled.replace(path)
+    return result
 
 
 def _trim_and_fade(samples: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -170,22 +229,25 @@ def _measure_stem(
     path: Path, choice: VoiceChoice, *, sample_rate: int, characters: int, chunks: int, warnings: tuple[str, ...]
 ) -> VoiceStem:
     hop = int(round(HOP_S * sample_rate))
-    meter = loudness.meter_init(sample_rate, 1)
+    # Measured as it will be heard: the mono stem sits in both channels (+3 dB over a mono reading).
+    meter = loudness.meter_init(sample_rate, 2)
     flags: list[np.ndarray] = []
     frames = 0
     for block in audio_io.iter_blocks(path, hop * 1000):
-        meter = loudness.meter_update(meter, block)
-        flags.append(ducking.speech_activity(block[:, 0], sample_rate, hop))
+        meter = loudness.meter_update(meter, np.repeat(block[:, :1], 2, axis=1))
+        flags.append(ducking.speech_activity(block, sample_rate, hop))
         frames += len(block)
     activity = np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
     measured = loudness.meter_result(meter).integrated_lufs
     if not math.isfinite(measured):
         raise InvalidAudio(f"the voice stem is silent ({choice.provider}:{choice.voice} returned no audible speech)")
-    activity_path = path.with_name("voice_activity.npy")
-    np.save(activity_path, activity)
+    analysis_path = path.with_name("voice_analysis.npz")
+    # The gating blocks the stem's own loudness counted: the delivered file's "speech loudness" is
+    # measured over the same moments, so it compares like with like against the target.
+    np.savez(analysis_path, activity=activity, speech_blocks=loudness.gated_blocks(meter))
     return VoiceStem(
         path=str(path),
-        activity_path=str(activity_path),
+        analysis_path=str(analysis_path),
         sample_rate=sample_rate,
         frames=frames,
         hop_frames=hop,

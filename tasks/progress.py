@@ -90,7 +90,8 @@ def quality_table(job_id: str, metadata: dict[str, Any]) -> None:
     rows = [
         ("duration", f"{metadata['durationSeconds']:.2f} s"),
         ("format", f"{metadata['format']} {metadata['sampleRate']} Hz, {metadata['channels']} ch"),
-        ("integrated loudness", f"{loud['integratedLufs']:.2f} LUFS (target {loud['targetLufs']:g}, {loud['mode']} mode)"),
+        ("integrated loudness", f"{loud['integratedLufs']:.2f} LUFS"),
+        ("target", f"{loud['targetLufs']:g} LUFS ({loud['mode']}-anchored)"),
         ("speech loudness", "-" if loud["speechLufs"] is None else f"{loud['speechLufs']:.2f} LUFS"),
         ("true peak", f"{loud['truePeakDbtp']:.2f} dBTP (ceiling {loud['ceilingDbtp']:g})"),
         ("loudness range", f"{loud['lraLu']:.2f} LU"),

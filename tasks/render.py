@@ -18,7 +18,7 @@ from mindscript import master as master_mod
 from mindscript import voice as voice_mod
 from mindscript.errors import TransientError
 from mindscript.job import RenderJob
-from mindscript.layers import BackgroundBed, TonePlan, ToneKind
+from mindscript.layers import BackgroundBed, ToneKind, TonePlan
 from mindscript.progress import Stage
 from mindscript.services import build_services
 from mindscript.settings import get_settings

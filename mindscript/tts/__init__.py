@@ -1,0 +1,1 @@
+"""Text-to-speech providers: one Protocol (``base``), one module per vendor, and a deterministic fake."""

@@ -1,0 +1,24 @@
+"""Shared fixtures: every test gets its own work and output directories and fresh settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mindscript.settings import get_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def worker_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Settings pointed at a private work dir and local storage dir (cache cleared before and after)."""
+    monkeypatch.setenv("WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("STORAGE_DIR", str(tmp_path / "output"))
+    monkeypatch.setenv("ALLOW_LOCAL_ASSETS", "true")
+    monkeypatch.setenv("ASSET_BASE_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()

@@ -1,0 +1,102 @@
+"""True peak (BS.1770-4 Annex 2): inter-sample peaks, alignment, streaming equals one-shot."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mindscript.dsp.envelopes import fade_gain
+from mindscript.dsp.truepeak import (
+    LATENCY_FRAMES,
+    oversampled_peaks,
+    true_peak_dbtp,
+    truepeak_db,
+    truepeak_flush,
+    truepeak_init,
+    truepeak_update,
+)
+
+
+def _quarter_rate_sine(amplitude: float, n: int, *, fade: int = 0) -> np.ndarray:
+    """fs/4 sine with a 45 degree phase: every sample is +-0.707 A, the waveform peaks between samples."""
+    k = np.arange(n)
+    x = amplitude * np.sin(np.pi / 2 * k + np.pi / 4)
+    if fade:
+        x = x * fade_gain(0, n, n, fade, fade)
+    return np.repeat(x.astype(np.float32)[:, None], 2, axis=1)
+
+
+def _envelope(x: np.ndarray, sizes: list[int]) -> np.ndarray:
+    state = truepeak_init(x.shape[1])
+    parts = []
+    i = 0
+    k = 0
+    while i < x.shape[0]:
+        size = sizes[k % len(sizes)]
+        env, state = oversampled_peaks(state, x[i : i + size])
+        parts.append(env)
+        i += size
+        k += 1
+    env, state = truepeak_flush(state)
+    parts.append(env)
+    return np.concatenate(parts)
+
+
+@pytest.mark.parametrize("amplitude", [1.0, 0.5, 0.1])
+@pytest.mark.parametrize("sr", [44100, 48000])
+def test_inter_sample_peak_of_quarter_rate_sine(amplitude: float, sr: int) -> None:
+    x = _quarter_rate_sine(amplitude, sr, fade=2000)  # faded: a hard onset has its own Gibbs overshoot
+    sample_peak_db = 20 * math.log10(float(np.abs(x).max()))
+    assert abs(sample_peak_db - 20 * math.log10(amplitude * math.sqrt(0.5))) < 0.01
+    assert abs(true_peak_dbtp(x, sr) - 20 * math.log10(amplitude)) < 0.2
+
+
+def test_true_peak_never_below_sample_peak() -> None:
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((20000, 2)) * 0.2).astype(np.float32)
+    env = _envelope(x, [20000])
+    assert env.shape == (20000,)
+    assert np.all(env >= np.abs(x).max(axis=1))  # phase 0 is the sample itself
+
+
+def test_envelope_is_aligned_to_input_frames() -> None:
+    x = np.zeros((1000, 1), np.float32)
+    x[500, 0] = 1.0
+    env = _envelope(x, [1000])
+    assert int(np.argmax(env)) == 500 and env[500] == 1.0
+    # The impulse rings (interpolated values) only within the reach of the interpolator; beyond it only
+    # FFT rounding (~1e-9) remains.
+    assert np.all(env[: 500 - LATENCY_FRAMES] < 1e-6) and np.all(env[501 + LATENCY_FRAMES :] < 1e-6)
+
+
+@pytest.mark.parametrize("sizes", [[1], [7, 1000], [4096], [65536], [33, 17, 5000, 12345]])
+def test_streaming_equals_one_shot(sizes: list[int]) -> None:
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((50000, 2)) * 0.3).astype(np.float32)
+    if sizes == [1]:
+        x = x[:3000]
+    one = _envelope(x, [x.shape[0]])
+    blocked = _envelope(x, sizes)
+    assert blocked.shape == (x.shape[0],)
+    assert np.max(np.abs(blocked - one)) <= 1e-6
+
+
+def test_streaming_max_and_silence() -> None:
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((30000, 2)) * 0.25).astype(np.float32)
+    state = truepeak_init(2)
+    for i in range(0, 30000, 4000):
+        state = truepeak_update(state, x[i : i + 4000])
+    assert abs(truepeak_db(state) - true_peak_dbtp(x, 48000)) < 1e-5
+    assert true_peak_dbtp(np.zeros((100, 2), np.float32), 48000) == -math.inf
+    assert true_peak_dbtp(np.zeros((0, 2), np.float32), 48000) == -math.inf
+
+
+def test_rejects_bad_blocks() -> None:
+    with pytest.raises(ValueError, match=r"\(10, 3\)"):
+        oversampled_peaks(truepeak_init(2), np.zeros((10, 3), np.float32))
+    _, done = truepeak_flush(truepeak_init(1))
+    with pytest.raises(ValueError, match="flushed"):
+        oversampled_peaks(done, np.zeros((10, 1), np.float32))
