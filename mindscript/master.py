@@ -53,6 +53,7 @@ class MasterPlan:
     fmt: Literal["mp3", "wav"]
     bitrate_kbps: int
     target_lufs: float
+    aim_lufs: float  # what verification holds the delivered file to: its speech loudness, or the program's
     ceiling_dbtp: float
     limiter_margin_db: float
     program_gain_db: float
@@ -101,7 +102,6 @@ class MasterOutcome:
     plan: MasterPlan
     quality: Quality
     attempts: int
-    pre_encode_lufs: float
     warnings: tuple[str, ...]
 
 
@@ -147,6 +147,7 @@ def plan_master(
         fmt=fmt,
         bitrate_kbps=job.output.bitrate_kbps,
         target_lufs=settings.target_lufs,
+        aim_lufs=settings.target_lufs + ((layers.voice.gain_db or 0.0) if voice is not None else 0.0),
         ceiling_dbtp=settings.true_peak_ceiling_dbtp,
         limiter_margin_db=LIMITER_MARGIN_DB[fmt],
         program_gain_db=0.0,
@@ -259,11 +260,10 @@ def measure_mix(plan: MasterPlan, mixer: Mixer, on_progress: Progress | None = N
     return loudness.meter_result(meter).integrated_lufs
 
 
-def render_pass(plan: MasterPlan, mixer: Mixer, out_path: Path, on_progress: Progress | None = None) -> float:
-    """Mix, limit and encode into ``out_path``; returns the pre-encode integrated loudness."""
+def render_pass(plan: MasterPlan, mixer: Mixer, out_path: Path, on_progress: Progress | None = None) -> None:
+    """Mix, limit and encode into ``out_path`` (the encoder runs on another core as blocks arrive)."""
     ceiling = plan.ceiling_dbtp - plan.limiter_margin_db
     lim = limiter.limiter_init(limiter.LimiterParams(sample_rate=plan.sample_rate, ceiling_dbtp=ceiling), 2)
-    meter = loudness.meter_init(plan.sample_rate, 2)
     gain = np.float32(db_to_gain(plan.program_gain_db))
     starts = _blocks(plan)
     with audio_io.open_encoder(out_path, fmt=plan.fmt, sample_rate=plan.sample_rate, channels=2,
@@ -274,15 +274,12 @@ def render_pass(plan: MasterPlan, mixer: Mixer, out_path: Path, on_progress: Pro
             out, lim = limiter.limiter_process(lim, block)
             if len(out):
                 enc.write(out)
-                meter = loudness.meter_update(meter, out)
             if on_progress:
                 done_s = min(start + plan.block_frames, plan.total_frames) / plan.sample_rate
                 on_progress((i + 1) / len(starts), f"mixed {done_s:.0f} s")
         out, lim = limiter.limiter_flush(lim)
         if len(out):
             enc.write(out)
-            meter = loudness.meter_update(meter, out)
-    return loudness.meter_result(meter).integrated_lufs
 
 
 def measure_file(path: Path, speech_blocks: np.ndarray | None = None) -> Quality:
@@ -327,20 +324,20 @@ def master(plan: MasterPlan, out_path: Path, *, on_mix: Progress | None = None,
         plan = dataclasses.replace(plan, program_gain_db=plan.target_lufs - measured)
     comp = ENCODER_LOUDNESS_COMP_DB[plan.fmt]
     plan = dataclasses.replace(plan, program_gain_db=plan.program_gain_db + comp)
-    aim: float | None = plan.target_lufs if plan.program_mode else None
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        pre = render_pass(plan, mixer, out_path, on_mix)
+        render_pass(plan, mixer, out_path, on_mix)
         if on_verify:
             on_verify(0.5, f"measuring the delivered file (attempt {attempt})")
         quality = measure_file(out_path, mixer.speech_blocks)
-        if aim is None:
-            aim = pre - comp  # voice mode: the voice is already on target; undo only what encoding shifts
-        error = aim - quality.integrated_lufs
+        # Voice-anchored: the voice as delivered (beds under it included) is held to the aim; the whole
+        # file's integrated figure also counts bed-only stretches and is reported, not steered.
+        measured = quality.integrated_lufs if plan.program_mode or quality.speech_lufs is None else quality.speech_lufs
+        error = plan.aim_lufs - measured
         over = quality.true_peak_dbtp - plan.ceiling_dbtp
         log.info("master attempt %d: %.2f LUFS (aim %.2f), true peak %.2f dBTP (ceiling %.1f)", attempt,
-                 quality.integrated_lufs, aim, quality.true_peak_dbtp, plan.ceiling_dbtp)
+                 measured, plan.aim_lufs, quality.true_peak_dbtp, plan.ceiling_dbtp)
         if over <= 0 and abs(error) <= LOUDNESS_TOLERANCE_LU:
-            return MasterOutcome(plan, quality, attempt, round(pre, 2), tuple(notes))
+            return MasterOutcome(plan, quality, attempt, tuple(notes))
         if attempt == MAX_ATTEMPTS:
             break
         plan = dataclasses.replace(
@@ -352,6 +349,6 @@ def master(plan: MasterPlan, out_path: Path, *, on_mix: Progress | None = None,
         raise QualityCheckFailed(
             f"true peak {quality.true_peak_dbtp:.2f} dBTP stays above the {plan.ceiling_dbtp:g} dBTP ceiling "
             f"after {MAX_ATTEMPTS} attempts", stage="NORMALIZING")
-    notes.append(f"delivered loudness {quality.integrated_lufs:.2f} LUFS is {error:+.2f} LU from the aim "
+    notes.append(f"delivered loudness {measured:.2f} LUFS is {error:+.2f} LU from the aim "
                  f"after {MAX_ATTEMPTS} attempts")
-    return MasterOutcome(plan, quality, MAX_ATTEMPTS, round(pre, 2), tuple(notes))
+    return MasterOutcome(plan, quality, MAX_ATTEMPTS, tuple(notes))

@@ -44,7 +44,7 @@ def success(
             "truePeakDbtp": q.true_peak_dbtp,
             "ceilingDbtp": plan.ceiling_dbtp,
             "lraLu": q.lra_lu,
-            "preEncodeLufs": outcome.pre_encode_lufs,
+            "aimLufs": plan.aim_lufs,
             "masterAttempts": outcome.attempts,
         },
         "layers": {

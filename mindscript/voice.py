@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mindscript import audio_io
-from mindscript.dsp import ducking, limiter, loudness
+from mindscript.dsp import ducking, limiter, loudness, truepeak
 from mindscript.errors import InvalidAudio, InvalidJob
 from mindscript.job import RenderJob
 from mindscript.script import Pause, Speech, chunk_text, parse_script
@@ -36,8 +36,8 @@ HOP_S = 0.01
 # limiter rarely touches the voice and the delivered loudness lands on the target instead of being
 # squashed below it. The rest of the headroom is for the beds and the MP3 encoder's overshoot.
 VOICE_PEAK_HEADROOM_DB = 2.0
-LEVEL_TOLERANCE_LU = 0.1
-MAX_LEVEL_PASSES = 4
+LEVEL_TOLERANCE_LU = 0.3  # the master's voice gain takes up the rest
+MAX_LEVEL_PASSES = 3
 
 
 @dataclass(frozen=True)
@@ -150,10 +150,9 @@ def render_voice(
             if on_progress:
                 on_progress(done / len(texts), f"voice chunk {done}/{len(texts)}")
 
-    level_stem(stem_path, sample_rate=sample_rate, target_lufs=settings.target_lufs,
-               peak_dbtp=settings.true_peak_ceiling_dbtp - VOICE_PEAK_HEADROOM_DB)
     return _measure_stem(stem_path, choice, sample_rate=sample_rate, characters=sum(map(len, texts)),
-                         chunks=len(texts), warnings=choice.warnings)
+                         chunks=len(texts), warnings=choice.warnings, target_lufs=settings.target_lufs,
+                         peak_dbtp=settings.true_peak_ceiling_dbtp - VOICE_PEAK_HEADROOM_DB)
 
 
 def prepare_recording(
@@ -163,34 +162,57 @@ def prepare_recording(
     """An uploaded recording as the voice stem: decoded (any codec) to mono at the render rate, levelled."""
     stem_path = workspace / "voice.wav"
     audio_io.decode_to_wav(source, stem_path, sample_rate=sample_rate, channels=1, max_duration_s=max_duration_s)
-    level_stem(stem_path, sample_rate=sample_rate, target_lufs=target_lufs, peak_dbtp=peak_dbtp)
     choice = VoiceChoice(provider="upload", voice=label, model=None)
-    return _measure_stem(stem_path, choice, sample_rate=sample_rate, characters=0, chunks=0, warnings=())
+    return _measure_stem(stem_path, choice, sample_rate=sample_rate, characters=0, chunks=0, warnings=(),
+                         target_lufs=target_lufs, peak_dbtp=peak_dbtp)
 
 
-def _stem_loudness(path: Path, sample_rate: int, gain: float = 1.0) -> float:
-    """Integrated loudness of a mono stem as heard (in both channels), optionally after a gain."""
+@dataclass(frozen=True)
+class _StemAnalysis:
+    frames: int
+    lufs: float  # integrated, as heard (the mono stem in both channels)
+    true_peak_db: float
+    activity: np.ndarray  # bool per hop
+    speech_blocks: np.ndarray  # bool per 400 ms gating block the integrated loudness counted
+
+
+def _analyse(path: Path, sample_rate: int) -> _StemAnalysis:
+    """One pass over a mono stem: loudness (as heard in both channels), true peak, speech activity."""
+    hop = int(round(HOP_S * sample_rate))
+    # Measured as it will be heard: the mono stem sits in both channels (+3 dB over a mono reading).
     meter = loudness.meter_init(sample_rate, 2)
-    for block in audio_io.iter_blocks(path, 1 << 16):
-        meter = loudness.meter_update(meter, np.repeat(block[:, :1] * np.float32(gain), 2, axis=1))
-    return loudness.meter_result(meter).integrated_lufs
+    peak = truepeak.truepeak_init(1)
+    flags: list[np.ndarray] = []
+    frames = 0
+    for block in audio_io.iter_blocks(path, hop * 1000):  # a whole number of hops per block
+        mono = block[:, :1]
+        meter = loudness.meter_update(meter, np.repeat(mono, 2, axis=1))
+        peak = truepeak.truepeak_update(peak, mono)
+        flags.append(ducking.speech_activity(mono, sample_rate, hop))
+        frames += len(block)
+    return _StemAnalysis(
+        frames=frames,
+        lufs=loudness.meter_result(meter).integrated_lufs,
+        true_peak_db=truepeak.truepeak_db(peak),
+        activity=np.concatenate(flags) if flags else np.zeros(0, dtype=bool),
+        speech_blocks=loudness.gated_blocks(meter),
+    )
 
 
-def level_stem(path: Path, *, sample_rate: int, target_lufs: float, peak_dbtp: float) -> float:
-    """Normalize a mono stem to ``target_lufs`` with its true peak limited to ``peak_dbtp``, in place.
+def level_stem(path: Path, analysis: _StemAnalysis, *, sample_rate: int, target_lufs: float,
+               peak_dbtp: float) -> _StemAnalysis:
+    """Peak-limit a mono stem in place so that, normalized to ``target_lufs``, it peaks at ``peak_dbtp``.
 
-    Limiting lowers loudness, so the gain is corrected from each pass's measurement (two passes suffice
-    for typical speech). Returns the final integrated loudness.
+    Nothing is rewritten when the normalized stem already peaks below ``peak_dbtp``. Limiting lowers
+    loudness, so the gain is corrected from each pass's measurement; the master applies the small
+    remaining gain (target - measured). Returns the analysis of the stem as it now is.
     """
-    measured = _stem_loudness(path, sample_rate)
-    if not math.isfinite(measured):
-        return measured
-    gain_db = target_lufs - measured
+    gain_db = target_lufs - analysis.lufs
+    if not math.isfinite(analysis.lufs) or analysis.true_peak_db + gain_db <= peak_dbtp:
+        return analysis
     leveled = path.with_name(f"{path.stem}.leveled.wav")
-    result = measured
     for _ in range(MAX_LEVEL_PASSES):
-        params = limiter.LimiterParams(sample_rate=sample_rate, ceiling_dbtp=peak_dbtp)
-        state = limiter.limiter_init(params, 1)
+        state = limiter.limiter_init(limiter.LimiterParams(sample_rate=sample_rate, ceiling_dbtp=peak_dbtp), 1)
         gain = np.float32(10 ** (gain_db / 20))
         with audio_io.open_stem_writer(leveled, sample_rate=sample_rate, channels=1) as out:
             for block in audio_io.iter_blocks(path, 1 << 16):
@@ -198,12 +220,12 @@ def level_stem(path: Path, *, sample_rate: int, target_lufs: float, peak_dbtp: f
                 out.write(limited)
             limited, state = limiter.limiter_flush(state)
             out.write(limited)
-        result = _stem_loudness(leveled, sample_rate)
-        if abs(target_lufs - result) <= LEVEL_TOLERANCE_LU:
+        analysis = _analyse(leveled, sample_rate)
+        if abs(target_lufs - analysis.lufs) <= LEVEL_TOLERANCE_LU:
             break
-        gain_db += target_lufs - result
+        gain_db += target_lufs - analysis.lufs
     leveled.replace(path)
-    return result
+    return analysis
 
 
 def _trim_and_fade(samples: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -226,25 +248,20 @@ def _trim_and_fade(samples: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 def _measure_stem(
-    path: Path, choice: VoiceChoice, *, sample_rate: int, characters: int, chunks: int, warnings: tuple[str, ...]
+    path: Path, choice: VoiceChoice, *, sample_rate: int, characters: int, chunks: int, warnings: tuple[str, ...],
+    target_lufs: float, peak_dbtp: float,
 ) -> VoiceStem:
+    """Analyse the stem, level it (see :func:`level_stem`) and save what the master needs beside it."""
+    analysis = level_stem(path, _analyse(path, sample_rate), sample_rate=sample_rate, target_lufs=target_lufs,
+                          peak_dbtp=peak_dbtp)
+    measured, activity, frames = analysis.lufs, analysis.activity, analysis.frames
     hop = int(round(HOP_S * sample_rate))
-    # Measured as it will be heard: the mono stem sits in both channels (+3 dB over a mono reading).
-    meter = loudness.meter_init(sample_rate, 2)
-    flags: list[np.ndarray] = []
-    frames = 0
-    for block in audio_io.iter_blocks(path, hop * 1000):
-        meter = loudness.meter_update(meter, np.repeat(block[:, :1], 2, axis=1))
-        flags.append(ducking.speech_activity(block, sample_rate, hop))
-        frames += len(block)
-    activity = np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
-    measured = loudness.meter_result(meter).integrated_lufs
     if not math.isfinite(measured):
         raise InvalidAudio(f"the voice stem is silent ({choice.provider}:{choice.voice} returned no audible speech)")
     analysis_path = path.with_name("voice_analysis.npz")
     # The gating blocks the stem's own loudness counted: the delivered file's "speech loudness" is
     # measured over the same moments, so it compares like with like against the target.
-    np.savez(analysis_path, activity=activity, speech_blocks=loudness.gated_blocks(meter))
+    np.savez(analysis_path, activity=activity, speech_blocks=analysis.speech_blocks)
     return VoiceStem(
         path=str(path),
         analysis_path=str(analysis_path),

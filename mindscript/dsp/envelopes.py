@@ -41,15 +41,22 @@ def fade_gain(
     total_frames = check_frames(total_frames, "total_frames")
     fade_in_frames = check_frames(fade_in_frames, "fade_in_frames")
     fade_out_frames = check_frames(fade_out_frames, "fade_out_frames")
-    idx = np.arange(start_frame, start_frame + n_frames, dtype=np.float64)
-    gain = np.ones(n_frames, dtype=np.float64)
-    if fade_in_frames > 0:
-        gain *= _half_hann(idx, fade_in_frames)
-    if fade_out_frames > 0:
+    gain = np.ones(n_frames, dtype=np.float32)
+    end = start_frame + n_frames
+    # Only the frames inside a fade are computed: most blocks of a long program are all unity gain.
+    if fade_in_frames > 0 and start_frame < fade_in_frames:
+        m = min(end, fade_in_frames) - start_frame
+        idx = np.arange(start_frame, start_frame + m, dtype=np.float64)
+        gain[:m] *= _half_hann(idx, fade_in_frames).astype(np.float32)
+    out_start = total_frames - fade_out_frames
+    if fade_out_frames > 0 and end > out_start:
+        lo = max(start_frame, out_start)
+        idx = np.arange(lo, end, dtype=np.float64)
         # Distance to the end of the program: 0 at frame total_frames, fade_out_frames at the fade start.
-        gain *= _half_hann(total_frames - idx, fade_out_frames)
-    gain[idx >= total_frames] = 0.0
-    return gain.astype(np.float32)
+        gain[lo - start_frame:] *= _half_hann(total_frames - idx, fade_out_frames).astype(np.float32)
+    if end > total_frames:
+        gain[max(0, total_frames - start_frame):] = 0.0
+    return gain
 
 
 def equal_power_crossfade(n: int) -> tuple[np.ndarray, np.ndarray]:
