@@ -211,6 +211,7 @@ def level_stem(path: Path, analysis: _StemAnalysis, *, sample_rate: int, target_
     if not math.isfinite(analysis.lufs) or analysis.true_peak_db + gain_db <= peak_dbtp:
         return analysis
     leveled = path.with_name(f"{path.stem}.leveled.wav")
+    tried: list[tuple[float, float]] = []  # (gain dB, resulting loudness)
     for _ in range(MAX_LEVEL_PASSES):
         state = limiter.limiter_init(limiter.LimiterParams(sample_rate=sample_rate, ceiling_dbtp=peak_dbtp), 1)
         gain = np.float32(10 ** (gain_db / 20))
@@ -223,7 +224,14 @@ def level_stem(path: Path, analysis: _StemAnalysis, *, sample_rate: int, target_
         analysis = _analyse(leveled, sample_rate)
         if abs(target_lufs - analysis.lufs) <= LEVEL_TOLERANCE_LU:
             break
-        gain_db += target_lufs - analysis.lufs
+        tried.append((gain_db, analysis.lufs))
+        if len(tried) >= 2 and tried[-1][1] != tried[-2][1]:
+            # Limiting makes loudness grow slower than gain: step along the measured slope (secant).
+            (g0, l0), (g1, l1) = tried[-2], tried[-1]
+            slope = max((l1 - l0) / (g1 - g0), 0.2)
+            gain_db = g1 + (target_lufs - l1) / slope
+        else:
+            gain_db += target_lufs - analysis.lufs
     leveled.replace(path)
     return analysis
 
