@@ -103,3 +103,16 @@ class QualityCheckFailed(PermanentError):
 
 class Cancelled(PermanentError):
     code = "CANCELLED"
+
+
+# -- queue (issue 5) -----------------------------------------------------------------------------------------
+class QueueUnavailable(TransientError):
+    """The queue's database or REST endpoint could not be reached."""
+
+    code = "QUEUE_UNAVAILABLE"
+
+
+class QueueError(PermanentError):
+    """The queue refused a request (permissions, missing migration, bad arguments)."""
+
+    code = "QUEUE_ERROR"

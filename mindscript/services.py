@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mindscript.errors import PermanentError
+from mindscript.queue.base import JobQueue
 from mindscript.settings import Settings
 from mindscript.storage.base import Storage
 from mindscript.tts.base import TTSProvider
@@ -41,3 +42,23 @@ def build_services(settings: Settings) -> Services:
     else:
         raise PermanentError(f"STORAGE_BACKEND={settings.storage_backend!r} is not available in this build")
     return Services(storage=storage, tts_factories={"local": lambda: _local_tts(settings)})
+
+
+# ---- queue ----
+def build_queue(settings: Settings) -> JobQueue:
+    """SUPABASE_DB_URL / DATABASE_URL: Postgres; else SUPABASE_URL + SUPABASE_SERVICE_KEY: REST rpc; else an
+    embedded Postgres under EMBEDDED_PG_DIR (started on first use)."""
+    dsn = settings.queue_dsn
+    if dsn:
+        from mindscript.queue.postgres import PostgresQueue
+
+        return PostgresQueue(dsn, max_size=max(4, settings.max_jobs + 2))
+    if settings.supabase_url and settings.supabase_service_key is not None:
+        from mindscript.queue.supabase import SupabaseQueue
+
+        return SupabaseQueue(settings.supabase_url, settings.supabase_service_key.get_secret_value())
+    from mindscript.queue.embedded import embedded_dsn
+    from mindscript.queue.postgres import PostgresQueue
+
+    return PostgresQueue(embedded_dsn(settings.embedded_pg_dir), max_size=max(4, settings.max_jobs + 2))
+# ---- end queue ----

@@ -70,6 +70,24 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = None
     elevenlabs_api_key: SecretStr | None = None
 
+    # ---- queue (issue 5: transports, leases, backoff, worker shutdown) ----
+    supabase_db_url: SecretStr | None = Field(default=None, description="Postgres URL of the Supabase database.")
+    database_url: SecretStr | None = Field(default=None, description="Postgres URL (used when no SUPABASE_DB_URL).")
+    embedded_pg_dir: Path = Field(default=Path("./.mindscript/pg"),
+                                  description="Embedded Postgres data dir when no queue is configured.")
+    queue_lease_s: int = Field(default=60, ge=2, le=3600, description="Lease of a claimed job, s; renewed.")
+    queue_backoff_base_s: float = Field(default=10.0, ge=0.0, le=3600.0, description="First retry delay; doubles.")
+    queue_backoff_max_s: float = Field(default=600.0, ge=0.0, le=86400.0, description="Longest retry delay.")
+    queue_progress_interval_s: float = Field(default=1.0, ge=0.0, le=60.0, description="Min gap of row writes.")
+    shutdown_grace: int = Field(default=120000, ge=0, description="On SIGTERM, wait this long for renders, ms.")
+
+    @property
+    def queue_dsn(self) -> str | None:
+        """SUPABASE_DB_URL, else DATABASE_URL, else None."""
+        secret = self.supabase_db_url or self.database_url
+        return secret.get_secret_value() if secret is not None else None
+    # ---- end queue ----
+
     @field_validator("storage_dir", "work_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:

@@ -11,6 +11,8 @@ from mindscript.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
+pytest_plugins = ["tests.pg"]  # Postgres fixtures (pg_dsn, pg_queue): DATABASE_URL or an embedded server
+
 
 @pytest.fixture
 def worker_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
