@@ -70,6 +70,89 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = None
     elevenlabs_api_key: SecretStr | None = None
 
+    # ---- TTS (voices: providers, cache, concurrency, retries, fallback, prices) ----
+    openai_base_url: str | None = Field(default=None, description="OpenAI API base URL (proxy or test server).")
+    openai_tts_model: str = "gpt-4o-mini-tts"
+    openai_tts_instructions: str = Field(
+        default=(
+            "Speak as a calm meditation guide: slow, warm and soft, with a relaxed, even pace and gentle pauses "
+            "between sentences. Never rushed, never dramatic."
+        ),
+        max_length=4000,
+    )
+    openai_tts_format: Literal["pcm", "wav"] = "pcm"
+    openai_default_voice: str = Field(default="nova", description="Voice when OpenAI is used as a fallback.")
+    elevenlabs_base_url: str | None = Field(default=None, description="ElevenLabs API base URL.")
+    elevenlabs_model: str = "eleven_multilingual_v2"
+    elevenlabs_output_format: str = Field(default="pcm_44100", pattern=r"^pcm_(8000|16000|22050|24000|44100|48000)$")
+    elevenlabs_default_voice: str = Field(
+        default="21m00Tcm4TlvDq8ikWAM", description="Voice id when ElevenLabs is used as a fallback."
+    )
+    elevenlabs_stability: float = Field(default=0.6, ge=0.0, le=1.0)
+    elevenlabs_similarity: float = Field(default=0.75, ge=0.0, le=1.0)
+    tts_fallback: str = Field(
+        default="local", description="Comma-separated providers that re-voice a track whose primary failed."
+    )
+    tts_concurrency_openai: int = Field(default=4, ge=1, le=64)
+    tts_concurrency_elevenlabs: int = Field(default=2, ge=1, le=64)
+    tts_concurrency_local: int = Field(default=1, ge=1, le=64)
+    tts_retries: int = Field(default=3, ge=0, le=10)
+    tts_retry_delay_s: float = Field(default=2.0, ge=0.0, le=120.0, description="First retry delay; doubles.")
+    tts_timeout_s: float = Field(default=120.0, gt=0)
+    tts_cache_dir: Path = Path("./.mindscript/tts-cache")
+    tts_cache_s3_block: str | None = Field(default=None, description="prefect-aws S3Bucket block for the cache.")
+    redis_url: SecretStr | None = Field(default=None, description="Redis for cross-worker TTS cache locks.")
+    tts_prices: dict[str, float] = Field(
+        default_factory=lambda: {
+            "openai:tts-1": 15.0,
+            "openai:tts-1-hd": 30.0,
+            "openai:gpt-4o-mini-tts": 12.0,
+            "elevenlabs": 150.0,
+            "local": 0.0,
+        },
+        description="USD per 1M characters, by 'provider:model' or 'provider' (JSON in the environment).",
+    )
+
+    @property
+    def tts_fallback_chain(self) -> tuple[str, ...]:
+        """TTS_FALLBACK as an ordered tuple of provider names (empty: no fallback)."""
+        names = [n.strip().lower() for n in self.tts_fallback.split(",")]
+        return tuple(dict.fromkeys(n for n in names if n and n != "none"))
+
+    def tts_concurrency(self, provider: str) -> int:
+        """How many requests to ``provider`` one worker process runs at once."""
+        return int(getattr(self, f"tts_concurrency_{provider}", 4))
+
+    def tts_price_per_million(self, provider: str, model: str | None) -> float:
+        """The configured price per 1M characters for ``provider``/``model`` (0 when unknown)."""
+        return float(self.tts_prices.get(f"{provider}:{model}", self.tts_prices.get(provider, 0.0)))
+    # ---- end TTS ----
+
+    # ---- storage (backends, buckets, URLs, retries; storage_backend/storage_dir are above) ----
+    public_bucket: str = Field(default="renders-public", min_length=3, max_length=63,
+                               description="Bucket for storageLocation=public (public URL).")
+    private_bucket: str = Field(default="renders-private", min_length=3, max_length=63,
+                                description="Bucket for storageLocation=private (signed URL).")
+    signed_url_ttl: int = Field(default=3600, ge=60, le=7 * 24 * 3600, description="Signed URL lifetime, s.")
+    upload_fallback_bucket: str | None = Field(default=None, description="Bucket used once when a bucket refuses.")
+    storage_retries: int = Field(default=5, ge=0, le=10, description="Retries of a transient storage failure.")
+    storage_retry_delay_s: float = Field(default=1.0, ge=0.0, le=60.0, description="First retry delay; doubles.")
+    storage_timeout_s: float = Field(default=120.0, gt=0, description="Per-request storage timeout.")
+    storage_create_buckets: bool = Field(default=True, description="Create a missing bucket on first use.")
+    supabase_tus_threshold_mb: float = Field(default=6.0, gt=0, le=5000,
+                                             description="Files above this go through TUS resumable upload.")
+    s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (R2, MinIO, ...).")
+    s3_region: str = "us-east-1"
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_session_token: SecretStr | None = None
+    s3_block: str | None = Field(default=None, description="Saved prefect-aws S3Bucket block (read by tasks/).")
+    s3_public_url_template: str | None = Field(
+        default=None, description="Public URL of an object: '{endpoint}', '{bucket}', '{region}', '{key}' fields.")
+    s3_multipart_chunk_mb: int = Field(default=8, ge=5, le=512, description="Multipart part size (5 MiB minimum).")
+    s3_max_concurrency: int = Field(default=4, ge=1, le=32, description="Parts in flight at once.")
+    # ---- end storage ----
+
     # ---- queue (issue 5: transports, leases, backoff, worker shutdown) ----
     supabase_db_url: SecretStr | None = Field(default=None, description="Postgres URL of the Supabase database.")
     database_url: SecretStr | None = Field(default=None, description="Postgres URL (used when no SUPABASE_DB_URL).")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["TTSAudio", "TTSProvider", "TTSRequest"]
+__all__ = ["AudioFormat", "TTSAudio", "TTSProvider", "TTSRequest"]
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,29 @@ class TTSAudio:
     channels: int = 1
 
 
+@dataclass(frozen=True)
+class AudioFormat:
+    """What a provider's bytes are: ``fmt`` as in ``TTSAudio``, at ``sample_rate`` with ``channels``."""
+
+    fmt: str
+    sample_rate: int
+    channels: int = 1
+
+
 class TTSProvider(Protocol):
-    """What every TTS provider offers."""
+    """What every TTS provider offers.
+
+    ``audio_format`` is what ``synthesize`` returns (fixed per configured provider, so it can be part of a
+    cache key before any request). ``key_params`` names everything else that shapes the audio beyond the
+    request (the effective model, instructions, voice settings), for the content-hash cache key.
+    """
 
     name: str
+    audio_format: AudioFormat
+
+    def key_params(self, request: TTSRequest) -> dict[str, object]:
+        """Settings beyond ``request`` that change the returned audio (JSON-friendly)."""
+        ...
 
     def max_chars(self, model: str | None) -> int:
         """The longest text (in characters) one request may carry for ``model``."""

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mindscript.errors import InvalidJob, PermanentError, ProviderError, ProviderRejected
-from mindscript.tts.base import TTSAudio, TTSRequest
+from mindscript.tts.base import AudioFormat, TTSAudio, TTSRequest
 
 __all__ = ["DEFAULT_WPM", "EspeakProvider"]
 
@@ -189,6 +189,13 @@ class EspeakProvider:
     def __init__(self, *, words_per_minute: int = DEFAULT_WPM, max_chars_limit: int = 5000) -> None:
         self.words_per_minute = words_per_minute
         self.max_chars_limit = max_chars_limit
+
+    # espeak-ng's native rate (espeak_Initialize returns it); checked against the engine on each call.
+    audio_format = AudioFormat("pcm_s16le", 22050, 1)
+
+    def key_params(self, request: TTSRequest) -> dict[str, object]:
+        """The speaking rate shapes the audio beyond the request."""
+        return {"wpm": self.words_per_minute}
 
     def max_chars(self, model: str | None) -> int:
         """espeak-ng has no request limit of its own; this keeps each synthesis call short."""

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from mindscript.errors import ProviderRejected, RenderError
-from mindscript.tts.base import TTSAudio, TTSRequest
+from mindscript.tts.base import AudioFormat, TTSAudio, TTSRequest
 
 __all__ = ["FakeProvider"]
 
@@ -43,6 +43,14 @@ class FakeProvider:
         self.calls: list[TTSRequest] = []
         self._failures = list(failures)
         self._lock = threading.Lock()
+
+    @property
+    def audio_format(self) -> AudioFormat:
+        return AudioFormat("pcm_s16le", self.sample_rate, 1)
+
+    def key_params(self, request: TTSRequest) -> dict[str, object]:
+        """Only the signal's pacing shapes the fake audio beyond the request."""
+        return {"chars_per_second": self.chars_per_second}
 
     def max_chars(self, model: str | None) -> int:
         """The configured per-request character limit (any model)."""

@@ -1,0 +1,1 @@
+"""Local servers speaking vendor wire formats for the integration tests (loopback only)."""

@@ -1,0 +1,144 @@
+"""A small threaded HTTP server base for the vendor test servers: records requests, scripts faults.
+
+Binds 127.0.0.1 only. Each vendor module subclasses ``VendorServer`` and implements ``handle`` in the
+vendor's documented wire format. Faults queued with ``fail_next`` are answered, in order, before any real
+handling (each still recorded); ``fail_always`` answers every request with one fault.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+    @classmethod
+    def json(cls, status: int, payload: Any) -> Reply:
+        return cls(status, json.dumps(payload).encode(), "application/json")
+
+
+def speech_like_pcm(text: str, sample_rate: int, seconds_per_char: float, *, min_s: float = 0.4) -> bytes:
+    """Deterministic mono s16le "speech": a harmonic voice, pitch from the text, in ~4 Hz syllables."""
+    seconds = max(min_s, len(text) * seconds_per_char)
+    n = int(seconds * sample_rate)
+    t = np.arange(n) / sample_rate
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+    f0 = 110.0 + seed % 90
+    voice = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 6))
+    syllables = np.clip(np.sin(2 * np.pi * 4.0 * t), 0.0, None) ** 0.5
+    x = 0.25 * voice * syllables
+    ramp = min(n // 2, int(0.01 * sample_rate))
+    if ramp:
+        env = np.ones(n)
+        env[:ramp] = np.linspace(0, 1, ramp)
+        env[-ramp:] = np.linspace(1, 0, ramp)
+        x *= env
+    return np.clip(np.rint(x * 32767), -32768, 32767).astype("<i2").tobytes()
+
+
+class VendorServer:
+    """Base: start/stop, request log, scripted faults, optional per-request delay."""
+
+    def __init__(self, *, delay_s: float = 0.0, seconds_per_char: float = 0.01) -> None:
+        self.delay_s = delay_s
+        self.seconds_per_char = seconds_per_char
+        self.requests: list[Recorded] = []
+        self._faults: list[Reply] = []
+        self.fail_always: Reply | None = None
+        self._lock = threading.Lock()
+        self._active = 0
+        self.max_active = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                server._serve(self)
+
+            def do_GET(self) -> None:  # noqa: N802
+                server._serve(self)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    # lifecycle
+    def __enter__(self) -> VendorServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    @property
+    def origin(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # scripting
+    def fail_next(self, *replies: Reply) -> None:
+        with self._lock:
+            self._faults.extend(replies)
+
+    def count(self, predicate: Any = None) -> int:
+        with self._lock:
+            return sum(1 for r in self.requests if predicate is None or predicate(r))
+
+    def handle(self, req: Recorded) -> Reply:  # pragma: no cover - subclasses implement
+        raise NotImplementedError
+
+    def _serve(self, h: BaseHTTPRequestHandler) -> None:
+        parsed = urllib.parse.urlparse(h.path)
+        length = int(h.headers.get("Content-Length") or 0)
+        raw = h.rfile.read(length) if length else b""
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw
+        req = Recorded(h.command, parsed.path, dict(urllib.parse.parse_qsl(parsed.query)),
+                       {k.lower(): v for k, v in h.headers.items()}, body)
+        with self._lock:
+            self.requests.append(req)
+            fault = self._faults.pop(0) if self._faults else self.fail_always
+            self._active += 1
+            self.max_active = max(self.max_active, self._active)
+        try:
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            reply = fault if fault is not None else self.handle(req)
+        finally:
+            with self._lock:
+                self._active -= 1
+        h.send_response(reply.status)
+        h.send_header("Content-Type", reply.content_type)
+        h.send_header("Content-Length", str(len(reply.body)))
+        h.end_headers()
+        h.wfile.write(reply.body)
