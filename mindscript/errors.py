@@ -97,6 +97,12 @@ class StorageRejected(PermanentError):
     code = "STORAGE_REJECTED"
 
 
+class StorageBucketRejected(StorageRejected):
+    """The bucket itself refused the file (missing, forbidden, file size limit): UPLOAD_FALLBACK_BUCKET applies."""
+
+    code = "STORAGE_BUCKET_REJECTED"
+
+
 class QualityCheckFailed(PermanentError):
     code = "QUALITY_CHECK_FAILED"
 

@@ -70,8 +70,11 @@ def success(
             "estimatedCostUsd": voice.estimated_cost_usd,
         },
         "storage": {"backend": stored.backend, "bucket": stored.bucket, "key": stored.key,
-                    "urlKind": stored.url_kind, "expiresAt": stored.expires_at},
-        "warnings": list(warnings),
+                    "sizeBytes": stored.size, "sha256": stored.sha256, "contentType": stored.content_type,
+                    "urlKind": stored.url_kind, "expiresAt": stored.expires_at,
+                    "fallbackFrom": stored.fallback_from, "fallbackReason": stored.fallback_reason},
+        "warnings": list(warnings) + ([f"stored in fallback bucket {stored.bucket!r}: {stored.fallback_reason}"]
+                                      if stored.fallback_from else []),
         "timings": timings,
     }
     return {"success": True, "data": {"outputUrl": stored.url, "storagePath": stored.key, "metadata": metadata}}

@@ -34,14 +34,41 @@ class Services:
         return set(self.tts_factories)
 
 
-def build_services(settings: Settings) -> Services:
+# ---- storage ----
+def build_storage(settings: Settings) -> Storage:
+    """The storage backend named by STORAGE_BACKEND, configured from settings (SDKs imported lazily)."""
+    from mindscript.storage.base import RetryPolicy
+
+    retry = RetryPolicy(retries=settings.storage_retries, base_delay_s=settings.storage_retry_delay_s)
     if settings.storage_backend == "local":
         from mindscript.storage.local import LocalStorage
 
-        storage: Storage = LocalStorage(settings.storage_dir)
-    else:
-        raise PermanentError(f"STORAGE_BACKEND={settings.storage_backend!r} is not available in this build")
-    return Services(storage=storage, tts_factories={"local": lambda: _local_tts(settings)})
+        return LocalStorage(settings.storage_dir)
+    if settings.storage_backend == "s3":
+        from mindscript.storage.s3 import S3Config, S3Storage
+
+        return S3Storage(S3Config(
+            public_bucket=settings.public_bucket, private_bucket=settings.private_bucket,
+            endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
+            access_key_id=settings.aws_access_key_id, secret_access_key=settings.aws_secret_access_key,
+            session_token=settings.aws_session_token,
+            signed_url_ttl=settings.signed_url_ttl, public_url_template=settings.s3_public_url_template,
+            fallback_bucket=settings.upload_fallback_bucket, chunk_bytes=settings.s3_multipart_chunk_mb << 20,
+            max_concurrency=settings.s3_max_concurrency, timeout_s=settings.storage_timeout_s,
+            create_buckets=settings.storage_create_buckets), retry)
+    if settings.storage_backend == "supabase":
+        from mindscript.storage.supabase import SupabaseConfig, SupabaseStorage
+
+        if not settings.supabase_url or settings.supabase_service_key is None:
+            raise PermanentError("STORAGE_BACKEND='supabase' needs SUPABASE_URL and SUPABASE_SERVICE_KEY")
+        return SupabaseStorage(SupabaseConfig(
+            url=settings.supabase_url, service_key=settings.supabase_service_key,
+            public_bucket=settings.public_bucket, private_bucket=settings.private_bucket,
+            signed_url_ttl=settings.signed_url_ttl, fallback_bucket=settings.upload_fallback_bucket,
+            timeout_s=settings.storage_timeout_s, create_buckets=settings.storage_create_buckets,
+            tus_threshold_bytes=int(settings.supabase_tus_threshold_mb * (1 << 20))), retry)
+    raise PermanentError(f"STORAGE_BACKEND={settings.storage_backend!r} is not available in this build")
+# ---- end storage ----
 
 
 # ---- queue ----
@@ -62,3 +89,8 @@ def build_queue(settings: Settings) -> JobQueue:
 
     return PostgresQueue(embedded_dsn(settings.embedded_pg_dir), max_size=max(4, settings.max_jobs + 2))
 # ---- end queue ----
+
+
+def build_services(settings: Settings) -> Services:
+    storage = build_storage(settings)
+    return Services(storage=storage, tts_factories={"local": lambda: _local_tts(settings)})

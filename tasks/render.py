@@ -25,6 +25,7 @@ from mindscript.settings import get_settings
 from mindscript.storage.base import CONTENT_TYPES, StoredObject, render_key
 from mindscript.voice import VoiceStem
 from tasks.progress import reporter
+from tasks.storage import with_s3_block
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -75,15 +76,21 @@ def master_audio(job: RenderJob, workspace: str, voice: VoiceStem | None, bed: B
                              on_verify=reporter(job.id, Stage.NORMALIZING))
 
 
-@task(name="store-output", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
-      cache_policy=NO_CACHE)
+@task(name="store-output", cache_policy=NO_CACHE)
 def store_output(job: RenderJob, path: str) -> StoredObject:
-    settings = get_settings()
+    """Upload the delivered file under its immutable key.
+
+    No task-level retries on purpose: the storage adapter retries transient failures itself (STORAGE_RETRIES,
+    resuming where its protocol allows), so retrying here too would multiply the attempts.
+    """
+    settings = with_s3_block(get_settings())
     storage = build_services(settings).storage
     digest = _sha256(Path(path))
     key = render_key(job.id, digest, job.output.format)
+    report = reporter(job.id, Stage.UPLOADING)
     return storage.put(Path(path), key, content_type=CONTENT_TYPES[job.output.format],
-                       public=job.output.storage_location == "public", sha256=digest)
+                       public=job.output.storage_location == "public", sha256=digest,
+                       on_progress=lambda f: report(f, f"Uploading to {storage.name} storage: {f:.0%}"))
 
 
 def _sha256(path: Path) -> str:

@@ -1,20 +1,41 @@
-"""The storage Protocol and the immutable, date-based key scheme."""
+"""The storage Protocol, the immutable date-based key scheme, and what every backend shares.
+
+Retries live here, in the adapters, not in the Prefect task: an adapter knows what a retry means for its
+protocol (a TUS upload resumes from the server's offset; a multipart upload restarts cleanly), while a
+task-level retry would repeat hashing and re-resolve everything. ``store_output`` therefore declares no
+retries of its own, so a transient failure is retried exactly ``STORAGE_RETRIES`` times, never
+adapter x task times.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
+
+from mindscript.errors import StorageBucketRejected, StorageError
+
+log = logging.getLogger(__name__)
 
 CONTENT_TYPES = {"mp3": "audio/mpeg", "wav": "audio/wav"}
 _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+ProgressCallback = Callable[[float], None]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class StoredObject:
-    """Where a delivered file ended up (small and JSON-friendly: it goes into the result)."""
+    """Where a delivered file ended up (small and JSON-friendly: it goes into the result).
+
+    ``url`` is a file URI, a public URL or a signed URL; a signed URL is a bearer credential until
+    ``expires_at`` (ISO 8601, UTC), so it is returned, never logged. ``fallback_from`` names the bucket
+    that refused the file when it was stored in ``UPLOAD_FALLBACK_BUCKET`` instead.
+    """
 
     backend: str
     bucket: str | None
@@ -24,17 +45,30 @@ class StoredObject:
     size: int
     sha256: str
     expires_at: str | None = None
+    content_type: str | None = None
+    fallback_from: str | None = None
+    fallback_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def __repr__(self) -> str:  # the URL may be signed: keep it out of reprs (and so out of logs)
+        return (f"StoredObject(backend={self.backend!r}, bucket={self.bucket!r}, key={self.key!r}, "
+                f"url_kind={self.url_kind!r}, size={self.size})")
+
 
 class Storage(Protocol):
-    """Stores a finished local file under ``key`` and returns where it is."""
+    """Stores a finished local file under ``key`` and returns where it is.
+
+    ``on_progress`` receives the uploaded fraction (0..1) as the upload advances. Implementations raise
+    ``StorageError`` (transient, already retried inside the adapter when it gets out) or ``StorageRejected``
+    (permanent: a message that says what to change).
+    """
 
     name: str
 
-    def put(self, path: Path, key: str, *, content_type: str, public: bool, sha256: str) -> StoredObject: ...
+    def put(self, path: Path, key: str, *, content_type: str, public: bool, sha256: str,
+            on_progress: ProgressCallback | None = None) -> StoredObject: ...
 
 
 def render_key(job_id: str, sha256: str, ext: str, day: date | None = None) -> str:
@@ -50,3 +84,72 @@ def render_key(job_id: str, sha256: str, ext: str, day: date | None = None) -> s
         raise ValueError(f"sha256 must be 64 hex digits, got {sha256!r}")
     d = day or date.today()
     return f"renders/{d:%Y/%m/%d}/{job_id}/{sha256[:16]}.{ext}"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Up to ``retries`` retries of a transient failure, waiting ``base_delay_s * 2**n`` (capped) before each."""
+
+    retries: int = 5
+    base_delay_s: float = 1.0
+    max_delay_s: float = 30.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def delays(self) -> Sequence[float]:
+        return [min(self.max_delay_s, self.base_delay_s * 2**n) for n in range(self.retries)]
+
+    def run(self, op: Callable[[], T], *, what: str, before_retry: Callable[[], None] | None = None) -> T:
+        """``op()``; a ``StorageError`` is retried after the next delay, anything else propagates at once."""
+        delays = self.delays()
+        for attempt in range(len(delays) + 1):
+            try:
+                return op()
+            except StorageError as exc:
+                if attempt == len(delays):
+                    raise StorageError(f"{what} still failing after {attempt + 1} attempts: {exc.message}") from exc
+                log.warning("%s failed (attempt %d of %d), retrying in %.2f s: %s", what, attempt + 1,
+                            len(delays) + 1, delays[attempt], exc.message)
+                self.sleep(delays[attempt])
+                if before_retry is not None:
+                    before_retry()
+        raise AssertionError("unreachable")
+
+
+def is_transient_status(status: int) -> bool:
+    """Timeouts, rate limits and server errors may pass; every other 4xx is the request's own fault."""
+    return status in (408, 425, 429) or status >= 500
+
+
+def with_fallback(put_to: Callable[[str], StoredObject], bucket: str, fallback: str | None) -> StoredObject:
+    """Store in ``bucket``; if the bucket itself refuses (missing, forbidden, file size limit) and a fallback
+    bucket is configured, store there once and say so in the result."""
+    try:
+        return put_to(bucket)
+    except StorageBucketRejected as exc:
+        if not fallback or fallback == bucket:
+            raise
+        log.warning("bucket %r refused the upload (%s); storing in UPLOAD_FALLBACK_BUCKET %r", bucket,
+                    exc.message, fallback)
+        try:
+            stored = put_to(fallback)
+        except StorageBucketRejected as again:
+            raise StorageBucketRejected(
+                f"{exc.message}; UPLOAD_FALLBACK_BUCKET={fallback!r} refused it too: {again.message}") from again
+        return replace(stored, fallback_from=bucket, fallback_reason=exc.message)
+
+
+def file_size(path: Path) -> int:
+    return Path(path).stat().st_size
+
+
+def human_bytes(n: int | float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"
+
+
+def report(on_progress: ProgressCallback | None, fraction: float) -> None:
+    if on_progress is not None:
+        on_progress(min(1.0, max(0.0, fraction)))
