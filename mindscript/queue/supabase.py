@@ -41,11 +41,14 @@ class SupabaseQueue:
     """``JobQueue`` through PostgREST's ``/rest/v1/rpc/<function>`` endpoints, as the service role."""
 
     def __init__(self, url: str, service_key: str, *, timeout_s: float = 30.0) -> None:
+        import httpx
+
         from supabase import ClientOptions, create_client
 
         self._url = url
         # No client-side retries: a claim is not idempotent (a retried one could lease rows twice).
-        options = ClientOptions(postgrest_client_timeout=timeout_s, postgrest_client_retry=False,
+        self._http = httpx.Client(timeout=timeout_s)
+        options = ClientOptions(httpx_client=self._http, postgrest_client_retry=False,
                                 auto_refresh_token=False, persist_session=False)
         self._client = create_client(url, service_key, options=options)
 
@@ -128,4 +131,4 @@ class SupabaseQueue:
             return False
 
     def close(self) -> None:
-        return None
+        self._http.close()
