@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,12 @@ import numpy as np
 
 from mindscript import audio_io
 from mindscript.dsp import ducking, limiter, loudness, truepeak
-from mindscript.errors import InvalidAudio, InvalidJob
+from mindscript.errors import InvalidAudio, InvalidJob, StorageError
 from mindscript.job import RenderJob
 from mindscript.script import Pause, Speech, chunk_text, parse_script
 from mindscript.settings import Settings
-from mindscript.tts.base import TTSProvider, TTSRequest
+from mindscript.tts.base import AudioFormat, TTSProvider, TTSRequest
+from mindscript.tts.cache import AudioStore, ChunkRef, MemoryAudioStore, cache_key, fetch_or_synthesize
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,119 @@ def choose_voice(job: RenderJob, settings: Settings, available: set[str]) -> Voi
     return VoiceChoice(provider=provider, voice=voice, model=layer.model, warnings=tuple(notes))
 
 
+# ---- voice track: plan (chunks + exact pauses), synthesize through the cache, assemble ----
+CONTEXT_CHARS = 1000  # previous/next text handed to providers that use it (ElevenLabs)
+
+
+@dataclass(frozen=True)
+class ChunkSpec:
+    """One chunk to synthesize: its position, the request, and its content-hash cache key."""
+
+    index: int
+    provider: str
+    request: TTSRequest
+    key: str
+    audio_format: AudioFormat
+
+
+@dataclass(frozen=True)
+class VoicePlan:
+    """The voice track as speech chunks and exact pauses (seconds), in order."""
+
+    choice: VoiceChoice
+    items: tuple[ChunkSpec | float, ...]
+
+    @property
+    def chunks(self) -> list[ChunkSpec]:
+        return [item for item in self.items if isinstance(item, ChunkSpec)]
+
+    @property
+    def characters(self) -> int:
+        return sum(len(c.request.text) for c in self.chunks)
+
+
+def plan_voice(job: RenderJob, settings: Settings, tts: TTSProvider, choice: VoiceChoice) -> VoicePlan:
+    """Split the script into chunks of at most min(TTS_CHUNK_SIZE, the model's limit) and exact pauses.
+
+    Pauses are never sent to a provider. Each chunk's request carries the neighbouring chunks' text when the
+    provider uses it (``uses_context``), and its cache key hashes everything that shapes the audio.
+    """
+    layer = job.project.layers.voice
+    segments = parse_script(job.project.script_text, paragraph_pause_s=settings.paragraph_pause_s)
+    limit = min(settings.tts_chunk_size, tts.max_chars(choice.model))
+    raw: list[str | float] = []  # chunk text, or seconds of silence
+    for seg in segments:
+        if isinstance(seg, Pause):
+            raw.append(seg.seconds)
+        elif isinstance(seg, Speech):
+            for i, piece in enumerate(chunk_text(seg.text, limit)):
+                if i:
+                    raw.append(CHUNK_GAP_S)
+                raw.append(piece)
+    texts = [p for p in raw if isinstance(p, str)]
+    if not texts:
+        raise InvalidJob(
+            f"payload.projectData.scriptText: no speakable text for the enabled voice layer "
+            f"(got {job.project.script_text[:60]!r})"
+        )
+    uses_context = bool(getattr(tts, "uses_context", False))
+    fmt = tts.audio_format
+    items: list[ChunkSpec | float] = []
+    n = 0
+    for item in raw:
+        if isinstance(item, float):
+            items.append(item)
+            continue
+        request = TTSRequest(
+            text=item, voice=choice.voice, model=choice.model, speed=layer.speed, instructions=layer.instructions,
+            previous_text=texts[n - 1][-CONTEXT_CHARS:] if uses_context and n > 0 else None,
+            next_text=texts[n + 1][:CONTEXT_CHARS] if uses_context and n + 1 < len(texts) else None,
+        )
+        key = cache_key(provider=choice.provider, model=choice.model, voice=choice.voice,
+                        output_format=f"{fmt.fmt}/{fmt.sample_rate}/{fmt.channels}", text=request.text,
+                        speed=request.speed, instructions=request.instructions,
+                        voice_settings=tts.key_params(request), previous_text=request.previous_text,
+                        next_text=request.next_text)
+        items.append(ChunkSpec(index=n, provider=choice.provider, request=request, key=key, audio_format=fmt))
+        n += 1
+    return VoicePlan(choice=choice, items=tuple(items))
+
+
+def assemble_voice(
+    plan: VoicePlan, refs: Sequence[ChunkRef], store: AudioStore, workspace: Path, settings: Settings, *,
+    sample_rate: int, price_per_million: float = 0.0, warnings: Sequence[str] = (),
+) -> VoiceStem:
+    """Write ``workspace/voice.wav`` from the chunks' stored audio (in plan order) and exact pauses; measure it.
+
+    ``refs`` are the chunks' references in plan order. The estimated cost counts only the characters that
+    were sent to the provider in this render (cache hits are free).
+    """
+    chunks = plan.chunks
+    if len(refs) != len(chunks):
+        raise ValueError(f"expected {len(chunks)} chunk refs, got {len(refs)}")
+    by_index = dict(zip((c.index for c in chunks), refs, strict=True))
+    stem_path = workspace / "voice.wav"
+    with audio_io.open_stem_writer(stem_path, sample_rate=sample_rate, channels=1) as stem:
+        for item in plan.items:
+            if isinstance(item, float):
+                stem.write(np.zeros((int(round(item * sample_rate)), 1), dtype=np.float32))
+                continue
+            ref = by_index[item.index]
+            data = store.get(ref.key)
+            if data is None:
+                raise StorageError(f"TTS cache: audio for chunk {item.index} ({ref.key}) is missing from the store")
+            samples = audio_io.decode_bytes(data, sample_rate=sample_rate, channels=1, fmt_hint=ref.fmt,
+                                            pcm_rate=ref.sample_rate)
+            stem.write(_trim_and_fade(samples, sample_rate))
+    billed = sum(ref.characters for ref in refs if not ref.cached)
+    stem_ref = _measure_stem(stem_path, plan.choice, sample_rate=sample_rate, characters=plan.characters,
+                             chunks=len(chunks), warnings=tuple(plan.choice.warnings) + tuple(warnings),
+                             target_lufs=settings.target_lufs,
+                             peak_dbtp=settings.true_peak_ceiling_dbtp - VOICE_PEAK_HEADROOM_DB)
+    return replace(stem_ref, cache_hits=sum(1 for ref in refs if ref.cached),
+                   estimated_cost_usd=round(billed * price_per_million / 1e6, 6))
+
+
 def render_voice(
     job: RenderJob,
     settings: Settings,
@@ -112,48 +226,23 @@ def render_voice(
     *,
     sample_rate: int,
     on_progress: Callable[[float, str], None] | None = None,
+    store: AudioStore | None = None,
 ) -> VoiceStem:
-    """Synthesize the script into ``workspace/voice.wav`` and measure it."""
-    layer = job.project.layers.voice
-    segments = parse_script(job.project.script_text, paragraph_pause_s=settings.paragraph_pause_s)
-    limit = min(settings.tts_chunk_size, tts.max_chars(choice.model))
-    plan: list[str | float] = []  # chunk text, or seconds of silence
-    for seg in segments:
-        if isinstance(seg, Pause):
-            plan.append(seg.seconds)
-        elif isinstance(seg, Speech):
-            pieces = chunk_text(seg.text, limit)
-            for i, piece in enumerate(pieces):
-                if i:
-                    plan.append(CHUNK_GAP_S)
-                plan.append(piece)
-    texts = [p for p in plan if isinstance(p, str)]
-    if not texts:
-        raise InvalidJob(
-            f"payload.projectData.scriptText: no speakable text for the enabled voice layer "
-            f"(got {job.project.script_text[:60]!r})"
-        )
+    """Synthesize the script into ``workspace/voice.wav`` one chunk after another, and measure it.
 
-    stem_path = workspace / "voice.wav"
-    done = 0
-    with audio_io.open_stem_writer(stem_path, sample_rate=sample_rate, channels=1) as stem:
-        for item in plan:
-            if isinstance(item, float):
-                stem.write(np.zeros((int(round(item * sample_rate)), 1), dtype=np.float32))
-                continue
-            request = TTSRequest(text=item, voice=choice.voice, model=choice.model, speed=layer.speed,
-                                 instructions=layer.instructions)
-            audio = tts.synthesize(request)
-            samples = audio_io.decode_bytes(audio.data, sample_rate=sample_rate, channels=1,
-                                            fmt_hint=audio.fmt, pcm_rate=audio.sample_rate)
-            stem.write(_trim_and_fade(samples, sample_rate))
-            done += 1
-            if on_progress:
-                on_progress(done / len(texts), f"voice chunk {done}/{len(texts)}")
-
-    return _measure_stem(stem_path, choice, sample_rate=sample_rate, characters=sum(map(len, texts)),
-                         chunks=len(texts), warnings=choice.warnings, target_lufs=settings.target_lufs,
-                         peak_dbtp=settings.true_peak_ceiling_dbtp - VOICE_PEAK_HEADROOM_DB)
+    The sequential path (no Prefect): the render flow fans chunks out as tasks instead (tasks/voice.py).
+    Without a ``store``, chunk audio is kept in memory for this call only.
+    """
+    plan = plan_voice(job, settings, tts, choice)
+    store = store if store is not None else MemoryAudioStore()
+    refs = []
+    for done, spec in enumerate(plan.chunks, start=1):
+        refs.append(fetch_or_synthesize(store, spec.key, tts, spec.request, spec.audio_format))
+        if on_progress:
+            on_progress(done / len(plan.chunks), f"voice chunk {done}/{len(plan.chunks)}")
+    return assemble_voice(plan, refs, store, workspace, settings, sample_rate=sample_rate,
+                          price_per_million=settings.tts_price_per_million(choice.provider, choice.model))
+# ---- end voice track ----
 
 
 def prepare_recording(
@@ -200,11 +289,17 @@ def _analyse(path: Path, sample_rate: int) -> _StemAnalysis:
     )
 
 
-def _limited(x: np.ndarray, gain_db: float, sample_rate: int, peak_dbtp: float) -> np.ndarray:
+def _limited_loudness(x: np.ndarray, gain_db: float, sample_rate: int, peak_dbtp: float) -> float:
+    """Loudness (as heard in both channels) of ``x`` after the gain and the limiter, block by block."""
     state = limiter.limiter_init(limiter.LimiterParams(sample_rate=sample_rate, ceiling_dbtp=peak_dbtp), 1)
-    head, state = limiter.limiter_process(state, x * np.float32(10 ** (gain_db / 20)))
-    tail, _ = limiter.limiter_flush(state)
-    return np.concatenate([head, tail])
+    meter = loudness.meter_init(sample_rate, 2)
+    gain = np.float32(10 ** (gain_db / 20))
+    for start in range(0, len(x), 1 << 16):  # in blocks: the work arrays stay small
+        out, state = limiter.limiter_process(state, x[start:start + (1 << 16)] * gain)
+        meter = loudness.meter_update(meter, np.repeat(out, 2, axis=1))
+    out, state = limiter.limiter_flush(state)
+    meter = loudness.meter_update(meter, np.repeat(out, 2, axis=1))
+    return loudness.meter_result(meter).integrated_lufs
 
 
 def _fit_gain(path: Path, frames: int, gain_db: float, *, sample_rate: int, target_lufs: float,
@@ -222,8 +317,7 @@ def _fit_gain(path: Path, frames: int, gain_db: float, *, sample_rate: int, targ
     excerpt = np.concatenate(parts) if parts else np.zeros((0, 1), dtype=np.float32)
     tried: list[tuple[float, float]] = []
     for _ in range(MAX_FIT_STEPS):
-        lufs = loudness.integrated_loudness(np.repeat(_limited(excerpt, gain_db, sample_rate, peak_dbtp), 2, 1),
-                                            sample_rate)
+        lufs = _limited_loudness(excerpt, gain_db, sample_rate, peak_dbtp)
         if not math.isfinite(lufs) or abs(target_lufs - lufs) <= LEVEL_TOLERANCE_LU / 4:
             break
         tried.append((gain_db, lufs))
