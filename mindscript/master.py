@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,6 +104,8 @@ class MasterOutcome:
     quality: Quality
     attempts: int
     warnings: tuple[str, ...]
+    render_s: float = 0.0  # mix + limiter + encode, all attempts
+    verify_s: float = 0.0  # decoding and measuring the delivered file, all attempts
 
 
 def plan_master(
@@ -324,11 +327,15 @@ def master(plan: MasterPlan, out_path: Path, *, on_mix: Progress | None = None,
         plan = dataclasses.replace(plan, program_gain_db=plan.target_lufs - measured)
     comp = ENCODER_LOUDNESS_COMP_DB[plan.fmt]
     plan = dataclasses.replace(plan, program_gain_db=plan.program_gain_db + comp)
+    render_s = verify_s = 0.0
     for attempt in range(1, MAX_ATTEMPTS + 1):
+        t0 = time.perf_counter()
         render_pass(plan, mixer, out_path, on_mix)
+        t1 = time.perf_counter()
         if on_verify:
             on_verify(0.5, f"measuring the delivered file (attempt {attempt})")
         quality = measure_file(out_path, mixer.speech_blocks)
+        render_s, verify_s = render_s + t1 - t0, verify_s + time.perf_counter() - t1
         # Voice-anchored: the voice as delivered (beds under it included) is held to the aim; the whole
         # file's integrated figure also counts bed-only stretches and is reported, not steered.
         measured = quality.integrated_lufs if plan.program_mode or quality.speech_lufs is None else quality.speech_lufs
@@ -337,7 +344,7 @@ def master(plan: MasterPlan, out_path: Path, *, on_mix: Progress | None = None,
         log.info("master attempt %d: %.2f LUFS (aim %.2f), true peak %.2f dBTP (ceiling %.1f)", attempt,
                  measured, plan.aim_lufs, quality.true_peak_dbtp, plan.ceiling_dbtp)
         if over <= 0 and abs(error) <= LOUDNESS_TOLERANCE_LU:
-            return MasterOutcome(plan, quality, attempt, tuple(notes))
+            return MasterOutcome(plan, quality, attempt, tuple(notes), round(render_s, 3), round(verify_s, 3))
         if attempt == MAX_ATTEMPTS:
             break
         plan = dataclasses.replace(
@@ -351,4 +358,4 @@ def master(plan: MasterPlan, out_path: Path, *, on_mix: Progress | None = None,
             f"after {MAX_ATTEMPTS} attempts", stage="NORMALIZING")
     notes.append(f"delivered loudness {measured:.2f} LUFS is {error:+.2f} LU from the aim "
                  f"after {MAX_ATTEMPTS} attempts")
-    return MasterOutcome(plan, quality, MAX_ATTEMPTS, tuple(notes))
+    return MasterOutcome(plan, quality, MAX_ATTEMPTS, tuple(notes), round(render_s, 3), round(verify_s, 3))
