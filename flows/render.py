@@ -28,18 +28,24 @@ from mindscript.layers import SkippedLayer
 from mindscript.progress import ProgressSink, ProgressTracker, Stage, log_sink, throttled
 from mindscript.settings import get_settings
 from tasks import progress as progress_mod
+from tasks import queue as queue_mod
 from tasks.render import fetch_background, generate_voice, master_audio, plan_tone, store_output
 
 EXTRA_SINKS: list[ProgressSink] = []  # the CLI adds its progress bar here
 
 
-@flow(name="render_job", flow_run_name="render-{job.id}", validate_parameters=True)
-def render_job(job: RenderJob) -> dict[str, Any]:
-    """Render one meditation job end to end and return the result object (ARCHITECTURE.md)."""
+@flow(name="render_job", flow_run_name="render-{job.id}", validate_parameters=True, **queue_mod.HOOKS)
+def render_job(job: RenderJob, queue_attempt: int | None = None) -> dict[str, Any]:
+    """Render one meditation job end to end and return the result object (ARCHITECTURE.md).
+
+    ``queue_attempt`` is set when the job comes from the queue (flows/ingest.py): the row is marked started,
+    its lease renewed and its progress written; the state hooks write the result or the error.
+    """
     settings = get_settings()
     logger = get_run_logger()
+    lease = queue_mod.begin(job.id, queue_attempt)
     sinks = [log_sink(logger), throttled(progress_mod.progress_artifact_sink(job.id)),
-             progress_mod.event_sink(job.id), *EXTRA_SINKS]
+             progress_mod.event_sink(job.id), *queue_mod.row_sinks(job.id, queue_attempt), *EXTRA_SINKS]
     tracker = ProgressTracker(sinks=sinks)
     progress_mod.register(job.id, tracker)
     tracker.start(Stage.INITIALIZING)
@@ -83,6 +89,7 @@ def render_job(job: RenderJob) -> dict[str, Any]:
         tracker.fail(str(exc) if isinstance(exc, RenderError) else f"{type(exc).__name__}", None)
         raise
     finally:
+        lease.stop()
         progress_mod.unregister(job.id)
 
 

@@ -112,7 +112,7 @@ class JobQueue(Protocol):
     def cancel(self, job_id: uuid.UUID, attempt: int, message: str) -> bool: ...
 
     def release(self, job_id: uuid.UUID, attempt: int, message: str) -> bool:
-        """Back to pending without spending an attempt (graceful shutdown)."""
+        """Back to pending without spending an attempt (graceful shutdown): max_attempts grows by one."""
         ...
 
     def requeue_expired(self, *, backoff_base_s: float = 10.0, backoff_max_s: float = 600.0) -> list[QueueJob]:

@@ -142,7 +142,7 @@ class InMemoryQueue:
         with self._lock:
             if (job := self._owned(job_id, attempt)) is None:
                 return False
-            self._update(job, status="pending", attempts=max(job.attempts - 1, 0), available_at=self._clock(),
+            self._update(job, status="pending", max_attempts=job.max_attempts + 1, available_at=self._clock(),
                          worker_id=None, flow_run_id=None, locked_until=None, started_at=None, progress=0.0,
                          stage=None, message=message)
             return True

@@ -214,14 +214,15 @@ as $$
   select exists (select 1 from done)
 $$;
 
--- Give a claimed job back without spending an attempt (graceful shutdown: not the job's fault).
+-- Give a claimed job back without spending an attempt (graceful shutdown: not the job's fault). The attempt
+-- number still advances (so each claim's flow run has its own idempotency key); max_attempts grows by one.
 create or replace function public.audio_job_release(p_id uuid, p_attempt integer, p_message text)
 returns boolean
 language sql volatile
 as $$
   with done as (
     update public.audio_job_queue
-       set status = 'pending', attempts = greatest(attempts - 1, 0), available_at = now(), worker_id = null,
+       set status = 'pending', max_attempts = max_attempts + 1, available_at = now(), worker_id = null,
            flow_run_id = null, locked_until = null, started_at = null, progress = 0, stage = null,
            message = p_message
      where id = p_id and attempts = p_attempt and status = 'processing'

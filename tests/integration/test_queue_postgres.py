@@ -228,10 +228,11 @@ def test_release_and_cancel(queue: JobQueue) -> None:
     assert [j.id for j in queue.active("w")] == [a.id, b.id] or {j.id for j in queue.active()} == {a.id, b.id}
     assert queue.release(a.id, 1, "worker shutting down")
     row = queue.get(a.id)
-    assert row is not None and (row.status, row.attempts, row.flow_run_id) == ("pending", 0, None)
+    assert row is not None and (row.status, row.attempts, row.max_attempts, row.flow_run_id) == ("pending", 1, 4, None)
     assert queue.cancel(b.id, 1, "Flow run was cancelled")
     assert queue.get(b.id).status == "cancelled"  # type: ignore[union-attr]
-    assert [j.id for j in queue.claim("w2", 5, 60)] == [a.id]
+    [again] = queue.claim("w2", 5, 60)
+    assert again.id == a.id and again.attempts == 2  # a new attempt number: a new flow run key
 
 
 def test_stats(queue: JobQueue) -> None:

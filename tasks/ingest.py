@@ -1,0 +1,119 @@
+"""The ingest flow's tasks: reconcile rows with Prefect's view, claim, and turn each row into a flow run."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from mindscript.errors import InvalidJob
+from mindscript.job import parse_job
+from mindscript.queue.base import QueueJob
+from mindscript.result import failure
+from mindscript.settings import get_settings
+from tasks.queue import get_queue, record_failure
+
+log = logging.getLogger(__name__)
+RENDER_DEPLOYMENT = "render_job/render"
+
+
+def work_queue_for(priority: int) -> str:
+    """Work queue of a row in a work pool (prefect.yaml): high, default or low by its priority."""
+    return "high" if priority > 0 else "low" if priority < 0 else "default"
+
+
+def idempotency_key(row: QueueJob) -> str:
+    """One flow run per claim: the attempt number advances with every claim of the row."""
+    return f"render-job-{row.id}-{row.attempts}"
+
+
+@task(name="requeue-expired", cache_policy=NO_CACHE)
+def requeue_expired() -> list[str]:
+    settings = get_settings()
+    rows = get_queue().requeue_expired(backoff_base_s=settings.queue_backoff_base_s,
+                                       backoff_max_s=settings.queue_backoff_max_s)
+    for row in rows:
+        log.warning("job %s: %s -> %s", row.id, row.error, row.status)
+    return [str(r.id) for r in rows]
+
+
+@task(name="reconcile-flow-runs", cache_policy=NO_CACHE)
+def reconcile_flow_runs() -> dict[str, str]:
+    """Rows still processing whose flow run ended without writing back (SIGKILL, lost hook): settle them.
+    Rows whose flow run is still scheduled or running get their lease renewed."""
+    from prefect.client.orchestration import get_client
+
+    queue, settings = get_queue(), get_settings()
+    settled: dict[str, str] = {}
+    rows = [r for r in queue.active() if r.flow_run_id is not None]
+    if not rows:
+        return settled
+    with get_client(sync_client=True) as client:
+        for row in rows:
+            assert row.flow_run_id is not None
+            try:
+                state = client.read_flow_run(row.flow_run_id).state
+            except Exception as exc:  # an unknown run (server reset): leave it to the lease
+                log.warning("job %s: flow run %s unreadable: %s", row.id, row.flow_run_id, exc)
+                continue
+            if state is None or not state.is_final():
+                queue.extend_lease(row.id, row.attempts, settings.queue_lease_s)
+                continue
+            why = f"flow run {row.flow_run_id} ended {state.name} without writing back: {state.message or ''}".strip()
+            if state.is_cancelled():
+                queue.cancel(row.id, row.attempts, why)
+                settled[str(row.id)] = "cancelled"
+            else:
+                settled[str(row.id)] = record_failure(row.id, row.attempts, RuntimeError(why)) or "unchanged"
+    return settled
+
+
+@task(name="claim-jobs", cache_policy=NO_CACHE)
+def claim(max_jobs: int) -> list[QueueJob]:
+    settings = get_settings()
+    queue = get_queue()
+    free = max_jobs - len(queue.active(settings.worker_id))
+    return queue.claim(settings.worker_id, free, settings.queue_lease_s) if free > 0 else []
+
+
+@task(name="submit-render", cache_policy=NO_CACHE, task_run_name="submit-{row.id}")
+def submit(row: QueueJob, deployment: str = RENDER_DEPLOYMENT) -> str | None:
+    """Validate the row's payload and create its render flow run; an invalid payload fails the row."""
+    from prefect.deployments import run_deployment
+
+    try:
+        job = parse_job(row.job_document())
+    except InvalidJob as exc:
+        get_queue().fail(row.id, row.attempts, exc.message, permanent=True, result=failure(exc))
+        log.warning("job %s rejected: %s", row.id, exc.message)
+        return None
+    run = run_deployment(
+        deployment, parameters={"job": job.model_dump(mode="json", by_alias=True), "queue_attempt": row.attempts},
+        timeout=0, idempotency_key=idempotency_key(row), as_subflow=False,
+        work_queue_name=_work_queue(deployment, row.priority), tags=["mindscript", "queue"],
+    )
+    get_queue().set_flow_run(row.id, row.attempts, run.id)
+    return str(run.id)
+
+
+_pools: dict[str, bool] = {}
+
+
+def _work_queue(deployment: str, priority: int) -> str | None:
+    """Route by priority only for deployments in a work pool (served deployments have no work queues)."""
+    if deployment not in _pools:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            _pools[deployment] = bool(client.read_deployment_by_name(deployment).work_pool_name)
+    return work_queue_for(priority) if _pools[deployment] else None
+
+
+def summary(requeued: list[str], settled: dict[str, str], rows: list[QueueJob],
+            runs: list[str | None]) -> dict[str, Any]:
+    return {"requeued": requeued, "reconciled": settled, "claimed": len(rows),
+            "submitted": {str(r.id): run for r, run in zip(rows, runs, strict=True) if run},
+            "rejected": [str(r.id) for r, run in zip(rows, runs, strict=True) if run is None]}
+
