@@ -11,6 +11,7 @@ blocks: filter state ``zi`` is carried across blocks and a step is summed only o
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -184,25 +185,13 @@ def meter_update(state: MeterState, block: np.ndarray) -> MeterState:
     # Steps 0 .. K-1 are complete when step K starts at or before the end: floor(K * sr / 10) <= available.
     n_new = (10 * (available + 1) - 1) // sr - state.steps_done
     if n_new == 0:
-        return MeterState(
-            sample_rate=sr,
-            channels=state.channels,
-            weights=state.weights,
-            sos=state.sos,
-            zi=_readonly(zf),
-            pending=_readonly(buf),
-            steps_done=state.steps_done,
-            step_power=state.step_power,
-        )
+        return dataclasses.replace(state, zi=_readonly(zf), pending=_readonly(buf))
     bounds = (state.steps_done + np.arange(n_new + 1, dtype=np.int64)) * sr // 10 - origin
     # Each step is summed in one reduction over exactly its own samples, whatever block they came in.
     sums = np.add.reduceat(buf[:, : bounds[-1]], bounds[:-1], axis=1)
     power = (sums / np.diff(bounds)).T  # mean square per step and channel: z_i of BS.1770-4 eq. 1
-    return MeterState(
-        sample_rate=sr,
-        channels=state.channels,
-        weights=state.weights,
-        sos=state.sos,
+    return dataclasses.replace(
+        state,
         zi=_readonly(zf),
         pending=_readonly(np.ascontiguousarray(buf[:, bounds[-1] :])),
         steps_done=state.steps_done + n_new,
