@@ -21,6 +21,7 @@ bit-identical.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -180,16 +181,13 @@ def _advance(
     history = np.concatenate([state.hold_history, hold])
     n = history.shape[0] - lookahead
     if n <= 0:
-        return np.zeros((0, state.channels), dtype=np.float32), LimiterState(
-            params=params,
-            channels=state.channels,
+        return np.zeros((0, state.channels), dtype=np.float32), dataclasses.replace(
+            state,
             truepeak=tp,
             required=_readonly(np.ascontiguousarray(required[hold.shape[0] :])),
             hold_history=_readonly(history),
-            log_reduction=state.log_reduction,
             delay=_readonly(np.concatenate([state.delay, block])),
             frames_in=state.frames_in + block.shape[0],
-            frames_out=state.frames_out,
             finished=final,
         )
     # Attack: triangular average of hold[i - L .. i] as two boxes of lengths b1 + b2 - 1 = L + 1.
@@ -222,9 +220,8 @@ def _advance(
             out *= gain[:, None]
         else:
             out[active] *= gain[:, None]
-    new_state = LimiterState(
-        params=params,
-        channels=state.channels,
+    new_state = dataclasses.replace(
+        state,
         truepeak=tp,
         required=_readonly(np.ascontiguousarray(required[hold.shape[0] :])),
         hold_history=_readonly(np.ascontiguousarray(history[history.shape[0] - lookahead :])),
