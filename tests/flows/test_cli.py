@@ -63,7 +63,8 @@ def test_render_with_json_and_output_dir(tmp_path: Path, prefect_server: str) ->
     assert result["data"]["metadata"]["layers"]["used"] == ["voice", "background", "solfeggio", "binaural"]
 
 
-def test_sigterm_removes_the_workspace(tmp_path: Path, prefect_server: str) -> None:
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, 130)])
+def test_signal_removes_the_workspace(tmp_path: Path, prefect_server: str, sig: int, code: int) -> None:
     job = copy.deepcopy(SAMPLE)
     job["payload"]["projectData"]["durationMin"] = 30  # long enough to be caught mid-render
     job["payload"]["projectData"]["layers"]["background"]["enabled"] = False
@@ -80,11 +81,11 @@ def test_sigterm_removes_the_workspace(tmp_path: Path, prefect_server: str) -> N
             break
         time.sleep(0.05)
     assert master_started, "the render never reached the master stage"
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     try:
         _, stderr = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
         pytest.fail("render did not stop after SIGTERM")
-    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert proc.returncode == code, stderr[-2000:]
     assert list(work.iterdir()) == []
