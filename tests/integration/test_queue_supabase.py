@@ -163,8 +163,12 @@ def test_unreachable_endpoint_is_transient() -> None:
     assert not queue.ping()
 
 
-def test_build_queue_picks_the_transport_from_settings(rest: PostgrestRpcServer, pg_dsn: str, tmp_path: Any) -> None:
+def test_build_queue_picks_the_transport_from_settings(rest: PostgrestRpcServer, pg_dsn: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from mindscript.queue.postgres import PostgresQueue
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)  # CI sets it for the test databases
+    monkeypatch.delenv("SUPABASE_DB_URL", raising=False)
 
     rest_only = Settings(supabase_url=rest.url, supabase_service_key=SERVICE_KEY)  # type: ignore[arg-type]
     assert isinstance(build_queue(rest_only), SupabaseQueue)
