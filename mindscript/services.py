@@ -12,10 +12,48 @@ from mindscript.storage.base import Storage
 from mindscript.tts.base import TTSProvider
 
 
+# ---- tts ----
 def _local_tts(settings: Settings) -> TTSProvider:
     from mindscript.tts.espeak import EspeakProvider
 
     return EspeakProvider(words_per_minute=settings.local_voice_wpm)
+
+
+def _openai_tts(settings: Settings) -> TTSProvider:
+    from mindscript.tts.openai import OpenAIProvider
+
+    assert settings.openai_api_key is not None
+    return OpenAIProvider(api_key=settings.openai_api_key.get_secret_value(), base_url=settings.openai_base_url,
+                          model=settings.openai_tts_model, instructions=settings.openai_tts_instructions,
+                          response_format=settings.openai_tts_format, timeout_s=settings.tts_timeout_s)
+
+
+def _elevenlabs_tts(settings: Settings) -> TTSProvider:
+    from mindscript.tts.elevenlabs import ElevenLabsProvider
+
+    assert settings.elevenlabs_api_key is not None
+    return ElevenLabsProvider(api_key=settings.elevenlabs_api_key.get_secret_value(),
+                              base_url=settings.elevenlabs_base_url, model=settings.elevenlabs_model,
+                              output_format=settings.elevenlabs_output_format,
+                              stability=settings.elevenlabs_stability, similarity=settings.elevenlabs_similarity,
+                              timeout_s=settings.tts_timeout_s)
+
+
+def build_tts_factories(settings: Settings) -> dict[str, Callable[[], TTSProvider]]:
+    """The TTS providers this worker can use: local always; a cloud vendor when its API key is set."""
+    factories: dict[str, Callable[[], TTSProvider]] = {"local": lambda: _local_tts(settings)}
+    if settings.openai_api_key is not None and settings.openai_api_key.get_secret_value():
+        factories["openai"] = lambda: _openai_tts(settings)
+    if settings.elevenlabs_api_key is not None and settings.elevenlabs_api_key.get_secret_value():
+        factories["elevenlabs"] = lambda: _elevenlabs_tts(settings)
+    return factories
+
+
+def default_voice(settings: Settings, provider: str) -> str:
+    """The voice a provider reads with when it re-voices a track as a fallback."""
+    return {"local": settings.local_voice, "openai": settings.openai_default_voice,
+            "elevenlabs": settings.elevenlabs_default_voice}.get(provider, "")
+# ---- end tts ----
 
 
 @dataclass
@@ -93,4 +131,4 @@ def build_queue(settings: Settings) -> JobQueue:
 
 def build_services(settings: Settings) -> Services:
     storage = build_storage(settings)
-    return Services(storage=storage, tts_factories={"local": lambda: _local_tts(settings)})
+    return Services(storage=storage, tts_factories=build_tts_factories(settings))

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mindscript import audio_io
+from mindscript import assets, audio_io
 from mindscript.dsp import ducking, limiter, loudness, truepeak
 from mindscript.errors import InvalidAudio, InvalidJob, StorageError
 from mindscript.job import RenderJob
@@ -255,6 +255,43 @@ def prepare_recording(
     choice = VoiceChoice(provider="upload", voice=label, model=None)
     return _measure_stem(stem_path, choice, sample_rate=sample_rate, characters=0, chunks=0, warnings=(),
                          target_lufs=target_lufs, peak_dbtp=peak_dbtp)
+
+
+# ---- uploaded recordings ----
+def recording_source(choice: VoiceChoice) -> str:
+    """The source of an ``upload:`` voice: an https URL, a path in the configured storage, or (CLI) a file."""
+    return choice.voice
+
+
+def prepare_upload(
+    source: str, workspace: Path, settings: Settings, *, sample_rate: int, storage_root: Path | None = None,
+) -> VoiceStem:
+    """Fetch an uploaded recording once (size cap, timeout) and make it the voice stem, levelled like TTS.
+
+    ``source`` is an ``https://`` URL; a key in the configured storage (``storage_root`` for local storage,
+    e.g. ``uploads/abc.m4a``: it must stay inside that folder); or, only where ALLOW_LOCAL_ASSETS is set (CLI
+    renders), a local file path. Any codec ffmpeg decodes is accepted.
+    """
+    field = "payload.projectData.voiceRef"
+    parsed_scheme = source.split(":", 1)[0].lower() if "://" in source else ""
+    fetched: Path | None = None
+    if parsed_scheme not in ("http", "https", "file") and storage_root is not None:
+        root = storage_root.expanduser().resolve()
+        candidate = (root / source.lstrip("/")).resolve()
+        if candidate.is_relative_to(root) and candidate.is_file():
+            fetched = assets.fetch(str(candidate), workspace, name="recording", max_bytes=settings.max_asset_bytes,
+                                   timeout_s=settings.download_timeout_s, allow_local=True, field=field)
+    if fetched is None:
+        if parsed_scheme == "http" and not settings.allow_local_assets:
+            raise InvalidJob(f"{field}: an uploaded recording must be an https URL (got {assets.redact_url(source)!r})")
+        fetched = assets.fetch(source, workspace, name="recording", max_bytes=settings.max_asset_bytes,
+                               timeout_s=settings.download_timeout_s, allow_local=settings.allow_local_assets,
+                               base_dir=settings.asset_base_dir, field=field)
+    label = assets.redact_url(source) if parsed_scheme else Path(source).name
+    return prepare_recording(fetched, workspace, sample_rate=sample_rate,
+                             max_duration_s=settings.max_duration_minutes * 60.0, target_lufs=settings.target_lufs,
+                             peak_dbtp=settings.true_peak_ceiling_dbtp - VOICE_PEAK_HEADROOM_DB, label=label)
+# ---- end uploaded recordings ----
 
 
 @dataclass(frozen=True)

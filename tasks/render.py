@@ -20,12 +20,13 @@ from mindscript.errors import TransientError
 from mindscript.job import RenderJob
 from mindscript.layers import BackgroundBed, ToneKind, TonePlan
 from mindscript.progress import Stage
-from mindscript.services import build_services
+from mindscript.services import build_services, build_tts_factories
 from mindscript.settings import get_settings
 from mindscript.storage.base import CONTENT_TYPES, StoredObject, render_key
 from mindscript.voice import VoiceStem
 from tasks.progress import reporter
 from tasks.storage import with_s3_block
+from tasks.voice import voice_track
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -39,16 +40,22 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-@task(name="generate-voice", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
-      cache_policy=NO_CACHE)
+@task(name="generate-voice", cache_policy=NO_CACHE)
 def generate_voice(job: RenderJob, workspace: str) -> VoiceStem:
+    """The voice stem: TTS chunks as cached, retried tasks (tasks/voice.py), or the uploaded recording.
+
+    No retries here: each chunk task retries its own transient failures, and a failed provider hands the
+    track to the TTS_FALLBACK providers; an upload is downloaded once.
+    """
     settings = get_settings()
-    services = build_services(settings)
-    choice = voice_mod.choose_voice(job, settings, services.tts_names)
-    return voice_mod.render_voice(
-        job, settings, Path(workspace), services.tts(choice.provider), choice,
-        sample_rate=job.output.sample_rate, on_progress=reporter(job.id, Stage.GENERATING_VOICE),
-    )
+    choice = voice_mod.choose_voice(job, settings, set(build_tts_factories(settings)) | {"upload"})
+    if choice.provider == "upload":
+        return voice_mod.prepare_upload(
+            voice_mod.recording_source(choice), Path(workspace), settings, sample_rate=job.output.sample_rate,
+            storage_root=settings.storage_dir if settings.storage_backend == "local" else None,
+        )
+    return voice_track(job, settings, Path(workspace), choice,
+                       on_progress=reporter(job.id, Stage.GENERATING_VOICE))
 
 
 @task(name="fetch-background", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,

@@ -21,6 +21,7 @@ def worker_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     monkeypatch.setenv("STORAGE_DIR", str(tmp_path / "output"))
     monkeypatch.setenv("ALLOW_LOCAL_ASSETS", "true")
     monkeypatch.setenv("ASSET_BASE_DIR", str(tmp_path))
+    monkeypatch.setenv("TTS_CACHE_DIR", str(tmp_path / "tts-cache"))
     get_settings.cache_clear()
     yield tmp_path
     get_settings.cache_clear()

@@ -18,6 +18,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +31,7 @@ __all__ = [
     "AudioStore",
     "ChunkRef",
     "LocalAudioStore",
+    "MemoryAudioStore",
     "S3AudioStore",
     "cache_key",
     "fetch_or_synthesize",
@@ -104,6 +106,23 @@ class AudioStore(Protocol):
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` under ``key`` (atomically: a reader sees all of it or nothing)."""
         ...
+
+
+class MemoryAudioStore:
+    """A dict (one process, one call): for the sequential path and tests."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, bytes] = {}
+
+    @property
+    def identity(self) -> str:
+        return f"memory:{id(self)}"
+
+    def get(self, key: str) -> bytes | None:
+        return self._data.get(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        self._data[key] = bytes(data)
 
 
 def _check_key(key: str) -> str:
@@ -190,16 +209,18 @@ class S3AudioStore:
 
 
 def fetch_or_synthesize(store: AudioStore, key: str, provider: TTSProvider, request: TTSRequest,
-                        expected: AudioFormat) -> ChunkRef:
+                        expected: AudioFormat, *, gate: AbstractContextManager[object] | None = None) -> ChunkRef:
     """The chunk's audio from ``store`` if present; else one provider request, stored under ``key``.
 
-    The provider is asked at most once per call; retrying is the caller's decision (a billed call).
+    The provider is asked at most once per call; retrying is the caller's decision (a billed call). ``gate``
+    (e.g. a semaphore) is held around the provider request only, so cache hits never wait for a slot.
     """
     data = store.get(key)
     if data is not None:
         return ChunkRef(key=key, fmt=expected.fmt, sample_rate=expected.sample_rate, channels=expected.channels,
                         characters=len(request.text), size=len(data), cached=True)
-    audio: TTSAudio = provider.synthesize(request)
+    with gate if gate is not None else nullcontext():
+        audio: TTSAudio = provider.synthesize(request)
     if (audio.fmt, audio.sample_rate, audio.channels) != (expected.fmt, expected.sample_rate, expected.channels):
         # The key names the declared format; storing anything else under it would decode wrongly later.
         raise PermanentError(

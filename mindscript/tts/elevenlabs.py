@@ -47,6 +47,7 @@ class ElevenLabsProvider:
     """ElevenLabs voices by voice id; the SDK is imported on first use."""
 
     name = "elevenlabs"
+    uses_context = True  # previous_text/next_text are sent, so they are part of the cache key
 
     def __init__(
         self,

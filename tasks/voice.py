@@ -1,0 +1,238 @@
+"""The voice track on Prefect: one task per TTS chunk, cached by content hash, bounded per provider.
+
+* Cache: the chunk task's cache key is the chunk's content hash (``mindscript.tts.cache.cache_key``) plus the
+  audio store's identity; its cached result is a small ``ChunkRef``, the audio lives in the content-addressed
+  store (a local directory, or an S3 bucket from a prefect-aws ``S3Bucket`` block). The task also looks in the
+  store before calling the provider, so audio that is already stored is never billed again even when
+  Prefect's own record is gone.
+* Two renders of one script at once: SERIALIZABLE isolation with a lock manager (file locks in the cache
+  directory; Redis via prefect-redis when REDIS_URL is set), so the second waits on the first's lock and then
+  reads its record instead of synthesizing the chunk again.
+* Concurrency: chunk tasks are submitted together; a per-provider semaphore sized by TTS_CONCURRENCY_<NAME>
+  bounds the provider requests in this process (no Prefect server-side limit needed, so the CLI's ephemeral
+  server and the test harness work unchanged). Results are collected in submission order.
+* Retries: TTS_RETRIES (3) with exponential backoff and jitter, only for ``TransientError`` (the SDK clients
+  never retry by themselves).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import CacheKeyFnPolicy, CachePolicy
+from prefect.locking.filesystem import FileSystemLockManager
+from prefect.tasks import exponential_backoff
+from prefect.transactions import Transaction
+
+from mindscript import voice as voice_mod
+from mindscript.errors import RenderError
+from mindscript.services import build_tts_factories, default_voice
+from mindscript.settings import Settings, get_settings
+from mindscript.tts.cache import AudioStore, ChunkRef, LocalAudioStore, S3AudioStore, fetch_or_synthesize
+from mindscript.voice import ChunkSpec, VoiceChoice, VoiceStem
+
+__all__ = ["audio_store", "synthesize_chunk", "synthesize_chunks", "voice_track"]
+
+log = logging.getLogger(__name__)
+
+_SEMAPHORES: dict[tuple[str, int], threading.BoundedSemaphore] = {}
+_SEMAPHORES_LOCK = threading.Lock()
+
+
+def _gate(provider: str, size: int) -> threading.BoundedSemaphore:
+    with _SEMAPHORES_LOCK:
+        return _SEMAPHORES.setdefault((provider, size), threading.BoundedSemaphore(size))
+
+
+def audio_store(settings: Settings) -> AudioStore:
+    """The TTS audio store: the S3 bucket of TTS_CACHE_S3_BLOCK when set, else TTS_CACHE_DIR."""
+    if settings.tts_cache_s3_block:
+        from prefect_aws import S3Bucket
+
+        block: Any = S3Bucket.load(settings.tts_cache_s3_block, _sync=True)
+        client = block.credentials.get_s3_client()
+        return S3AudioStore(client, block.bucket_name, block.bucket_folder or "tts-cache")
+    return LocalAudioStore(settings.tts_cache_dir)
+
+
+class _ExpiringFileLocks(FileSystemLockManager):
+    """File locks that expire: a worker killed while holding one must not block that chunk forever."""
+
+    def __init__(self, lock_files_directory: Path, hold_timeout: float) -> None:
+        super().__init__(lock_files_directory=lock_files_directory)
+        self.default_hold_timeout = hold_timeout
+
+    def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
+                     hold_timeout: float | None = None) -> bool:
+        return super().acquire_lock(key, holder, acquire_timeout, hold_timeout or self.default_hold_timeout)
+
+    def _get_lock_info(self, key: str, use_cache: bool = True) -> Any:
+        # Prefect creates the lock file and then writes it: a reader in between sees an empty file and the
+        # JSON parse fails. Read again after a moment instead of failing the chunk.
+        for _ in range(100):
+            try:
+                return super()._get_lock_info(key, use_cache)
+            except ValueError:
+                time.sleep(0.01)
+        return super()._get_lock_info(key, use_cache)
+
+    async def aacquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
+                            hold_timeout: float | None = None) -> bool:
+        return await super().aacquire_lock(key, holder, acquire_timeout, hold_timeout or self.default_hold_timeout)
+
+
+def _lock_manager(settings: Settings) -> Any:
+    # Long enough for every attempt of one chunk, with their backoff.
+    hold = (settings.tts_timeout_s + settings.tts_retry_delay_s * 8) * (settings.tts_retries + 1)
+    if settings.redis_url is not None:
+        from prefect_redis import RedisLockManager
+
+        return RedisLockManager(connection_url=settings.redis_url.get_secret_value())
+    return _ExpiringFileLocks(settings.tts_cache_dir / ".locks", hold)
+
+
+def chunk_cache_policy(settings: Settings, store: AudioStore) -> CachePolicy:
+    """Key = chunk content hash + store identity; SERIALIZABLE, so concurrent renders synthesize a chunk once."""
+    store_tag = hashlib.sha256(store.identity.encode()).hexdigest()[:12]
+
+    def key_fn(context: Any, parameters: dict[str, Any]) -> str:
+        return f"{parameters['spec'].key}-{store_tag}"
+
+    return CacheKeyFnPolicy(cache_key_fn=key_fn).configure(
+        key_storage=settings.tts_cache_dir / ".records", lock_manager=_lock_manager(settings),
+        isolation_level="SERIALIZABLE",
+    )
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    from tasks.render import retry_transient as condition
+
+    return condition(task, task_run, state)
+
+
+@task(name="tts-chunk", task_run_name="tts-{spec.provider}-{spec.index}", persist_result=True)
+def synthesize_chunk(spec: ChunkSpec) -> ChunkRef:
+    """One chunk: from the audio store if present, else one provider request (bounded per provider)."""
+    settings = get_settings()
+    store = audio_store(settings)
+    factories = build_tts_factories(settings)
+    provider = factories[spec.provider]()
+    try:
+        return fetch_or_synthesize(store, spec.key, provider, spec.request, spec.audio_format,
+                                   gate=_gate(spec.provider, settings.tts_concurrency(spec.provider)))
+    finally:
+        close = getattr(provider, "close", None)
+        if close is not None:
+            close()
+
+
+def synthesize_chunks(specs: Sequence[ChunkSpec], settings: Settings, *,
+                      on_done: Callable[[int, int], None] | None = None) -> list[ChunkRef]:
+    """Submit every chunk at once; return their refs in plan order (cache hits marked ``cached``).
+
+    Raises the first chunk's error (in plan order) after every chunk has finished, so no submitted task is
+    left running when the caller falls back to another provider.
+    """
+    store = audio_store(settings)
+    configured = synthesize_chunk.with_options(
+        cache_policy=chunk_cache_policy(settings, store),
+        result_serializer="json",
+        retries=settings.tts_retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=settings.tts_retry_delay_s)(settings.tts_retries)
+        if settings.tts_retries else 0,
+        retry_jitter_factor=0.5 if settings.tts_retry_delay_s else None,
+        retry_condition_fn=retry_transient,
+    )
+    # Each chunk commits its own cache record and releases its own lock as soon as it finishes. Submitted
+    # from inside generate-voice, the chunk transactions would otherwise become children of that task's
+    # transaction: records and locks deferred to its end, and one failed chunk rolling back (and
+    # unlocking) its running siblings. The task runner copies the context at submit time, so detaching
+    # the active transaction around the submits is enough.
+    # A script that repeats itself ("Breathe in. ... Breathe in.") has chunks with one key: one task each.
+    unique = list({spec.key: spec for spec in specs}.values())
+    token = Transaction.__var__.set(None)  # type: ignore[arg-type]
+    try:
+        futures = [configured.submit(spec) for spec in unique]
+    finally:
+        Transaction.__var__.reset(token)
+    by_key: dict[str, ChunkRef] = {}
+    error: BaseException | None = None
+    for done, (spec, future) in enumerate(zip(unique, futures, strict=True), start=1):
+        future.wait()
+        state = future.state
+        value = future.result(raise_on_failure=False)
+        if isinstance(value, BaseException):
+            error = error or value
+            continue
+        ref = value if isinstance(value, ChunkRef) else ChunkRef(**value)
+        if state.name == "Cached" and not ref.cached:  # Prefect's record: no provider request this time
+            ref = replace(ref, cached=True)
+        by_key[spec.key] = ref
+        if on_done:
+            on_done(done, len(futures))
+    if error is not None:
+        raise error
+    refs: list[ChunkRef] = []
+    for spec in specs:  # plan order; a repeated chunk is a cache hit after its first use
+        ref = by_key[spec.key]
+        refs.append(ref)
+        by_key[spec.key] = replace(ref, cached=True)
+    return refs
+
+
+def voice_track(job: Any, settings: Settings, workspace: Path, choice: VoiceChoice, *,
+                on_progress: Callable[[float, str], None] | None = None) -> VoiceStem:
+    """The whole voice track from ``choice``'s provider, or, if any chunk fails after its retries, from the
+    first TTS_FALLBACK provider that succeeds (one voice per track: the fallback re-voices every chunk)."""
+    factories = build_tts_factories(settings)
+    chain = [choice] + [
+        VoiceChoice(provider=name, voice=default_voice(settings, name), model=None, warnings=choice.warnings)
+        for name in settings.tts_fallback_chain if name != choice.provider and name in factories
+    ]
+    notes: list[str] = []
+    last_error: RenderError | None = None
+    for attempt in chain:
+        tts = factories[attempt.provider]()
+        # Name the effective model (metadata, price); the audio does not change, the provider's default is it.
+        attempt = replace(attempt, model=attempt.model or getattr(tts, "model", None))
+        try:
+            plan = voice_mod.plan_voice(job, settings, tts, attempt)
+        finally:
+            close = getattr(tts, "close", None)
+            if close is not None:
+                close()
+
+        def done(n: int, total: int, name: str = attempt.provider) -> None:
+            if on_progress:
+                on_progress(0.9 * n / total, f"voice chunk {n}/{total} ({name})")
+
+        try:
+            refs = synthesize_chunks(plan.chunks, settings, on_done=done)
+        except RenderError as exc:
+            last_error = exc
+            log.warning("voice provider %r failed: %s", attempt.provider, exc.message)
+            notes.append(f"voice provider {attempt.provider!r} failed ({exc.code}: {exc.message})")
+            continue
+        if attempt.provider != choice.provider:
+            notes.append(f"the whole voice track was re-voiced by fallback provider {attempt.provider!r} "
+                         f"(voice {attempt.voice!r})")
+        if on_progress:
+            on_progress(0.95, "measuring the voice stem")
+        return voice_mod.assemble_voice(
+            plan, refs, audio_store(settings), workspace, settings, sample_rate=job.output.sample_rate,
+            price_per_million=settings.tts_price_per_million(attempt.provider, attempt.model),
+            warnings=notes,
+        )
+    assert last_error is not None
+    if len(chain) > 1:
+        last_error.message = "; ".join(notes)
+        last_error.args = (last_error.message,)
+    raise last_error
