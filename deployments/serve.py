@@ -1,10 +1,15 @@
-"""One worker process: serves the render and ingest deployments, /health and /stats, and stops gracefully.
+"""One worker process: serves the render and ingest deployments, ingests, serves /health and /stats.
 
 ``python deployments/serve.py`` (the seed's ``npm run worker``). With no queue configured it starts the
-embedded Postgres first (children inherit its DATABASE_URL). Signals: SIGTERM/SIGINT stop claiming, let
-active renders finish for up to SHUTDOWN_GRACE ms, give back (release) what did not finish, exit 0.
-Prefect's own serve() would cancel in-flight runs and pause the deployments (for every worker): the runner's
-SIGTERM handler is replaced here for that reason.
+embedded Postgres first (children inherit its DATABASE_URL). Every POLL_INTERVAL ms this process runs the
+``ingest_queue`` flow in-process (one at a time): claimed rows become render flow runs that the runner starts
+as child processes. The ingest deployment is served without a schedule (trigger it by hand if you like):
+a scheduled ingest run would cost a Python process per poll and, once late, would sort ahead of the renders
+for the runner's slots (the "scheduled runs skipped (at capacity)" starvation). With a work pool
+(prefect.yaml) the schedule lives on the deployment instead.
+Signals: SIGTERM/SIGINT stop claiming, release claimed rows not started yet, let active renders finish for up
+to SHUTDOWN_GRACE ms, give back (release) what did not finish, exit 0. Prefect's own serve() would cancel
+in-flight runs and pause the deployments (for every worker): the runner's SIGTERM handler is replaced here.
 """
 
 from __future__ import annotations
@@ -95,6 +100,7 @@ async def serve() -> int:
     from flows.ingest import ingest_queue
     from flows.render import render_job
     from mindscript.settings import get_settings
+    from tasks.ingest import RENDER_DEPLOYMENT
     from tasks.queue import get_queue
 
     # flow run processes load flows/*.py by path: they need the project root importable (tasks, flows)
@@ -110,11 +116,15 @@ async def serve() -> int:
     queue = get_queue()
     health = start_health_server(state, settings.health_port)
 
+    # Renders are bounded by the claim (MAX_JOBS rows per worker); the extra slot is for a manually triggered
+    # ingest run. The ingest deployment is served without a schedule: this process ingests in-process every
+    # POLL_INTERVAL (see _ingest_loop), so ingest runs never queue up in front of renders for runner slots.
     runner = Runner(name=settings.worker_id, limit=settings.max_jobs + 1, pause_on_shutdown=False)
     await runner.aadd_deployment(await render_job.ato_deployment(name="render"))
-    await runner.aadd_deployment(await ingest_queue.ato_deployment(
-        name="ingest", interval=settings.poll_interval / 1000, parameters={"max_jobs": settings.max_jobs},
+    ingest_id = await runner.aadd_deployment(await ingest_queue.ato_deployment(
+        name="ingest", parameters={"max_jobs": settings.max_jobs},
         concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)))
+    await _drop_schedules(ingest_id)
     runner_task = asyncio.create_task(runner.start())
     while not runner.started and not runner_task.done():
         await asyncio.sleep(0.05)
@@ -123,16 +133,26 @@ async def serve() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)  # replaces the runner's cancel-everything SIGTERM handler
     state.status = "running"
-    log.info("worker %s serving (max %s jobs, health on :%s)", settings.worker_id, settings.max_jobs,
-             settings.health_port)
+    log.info("worker %s serving (max %s jobs, poll %s ms, health on :%s)", settings.worker_id, settings.max_jobs,
+             settings.poll_interval, settings.health_port)
+
+    def ingest_once() -> None:
+        try:
+            out = ingest_queue(max_jobs=settings.max_jobs, deployment=RENDER_DEPLOYMENT)
+        except Exception as exc:  # noqa: BLE001 - the Prefect API or the queue blipped: next poll retries
+            log.warning("ingest failed: %s: %s", type(exc).__name__, exc)
+            return
+        if out.get("claimed") or out.get("requeued") or out.get("reconciled"):
+            log.info("ingest: %s", out)
 
     idle_since = time.monotonic()
     while not stop.is_set() and not runner_task.done():
+        await asyncio.to_thread(ingest_once)
         try:
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
+            await asyncio.wait_for(stop.wait(), timeout=settings.poll_interval / 1000)
         except TimeoutError:
             pass
-        if settings.idle_timeout > 0:
+        if settings.idle_timeout > 0 and not stop.is_set():
             busy = await asyncio.to_thread(lambda: bool(queue.active(settings.worker_id)) or
                                            bool(queue.stats().get("pending")))
             idle_since = time.monotonic() if busy else idle_since
@@ -141,10 +161,16 @@ async def serve() -> int:
                 stop.set()
 
     state.status = "stopping"
-    runner.stopping = True  # no new flow runs are picked up (ingest included): nothing more is claimed
-    await asyncio.to_thread(_drain, queue, settings.worker_id, settings.shutdown_grace / 1000)
+    log.info("stopping: no more claims; waiting up to %s ms for active renders", settings.shutdown_grace)
+    # no new flow runs are picked up from here on (the runner's poller checks its own flag)
+    runner.stopping = True
+    poller = getattr(runner, "_scheduled_run_poller", None)
+    if poller is not None:
+        poller.stopping = True
+    released = await asyncio.to_thread(_drain, queue, settings.worker_id, settings.shutdown_grace / 1000)
+    await _cancel_flow_runs(released)
     try:
-        await runner.astop()  # cancels what is left; those rows were released, so their hooks are fenced out
+        await runner.astop()  # kills what is left; those rows were released, so their hooks are fenced out
     except RuntimeError:
         pass
     runner_task.cancel()
@@ -154,20 +180,55 @@ async def serve() -> int:
         pass
     health.shutdown()
     queue.close()
+    log.info("worker %s stopped (%s job(s) given back to the queue)", settings.worker_id, len(released))
     return 0
 
 
-def _drain(queue: Any, worker_id: str, grace_s: float) -> None:
-    """Release claimed rows not started yet; wait for started ones up to the grace; release the rest."""
+def _drain(queue: Any, worker_id: str, grace_s: float) -> list[Any]:
+    """Release claimed rows not started yet; wait for started ones up to the grace; release the rest.
+    Returns the released rows."""
     deadline = time.monotonic() + grace_s
+    released: list[Any] = []
     while True:
         rows = queue.active(worker_id)
         for row in rows:
             if row.stage is None or time.monotonic() >= deadline:
-                queue.release(row.id, row.attempts, f"worker {worker_id} shut down; requeued")
+                if queue.release(row.id, row.attempts, f"worker {worker_id} shut down; requeued"):
+                    released.append(row)
+        rows = queue.active(worker_id)
         if not rows or time.monotonic() >= deadline:
-            return
-        time.sleep(0.5)
+            return released
+        time.sleep(0.25)
+
+
+async def _drop_schedules(deployment_id: Any) -> None:
+    """Prefect keeps a redeployed deployment's old schedules: a served ingest must have none (see above)."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        for schedule in await client.read_deployment_schedules(deployment_id):
+            await client.delete_deployment_schedule(deployment_id, schedule.id)
+            log.info("removed schedule %s of the ingest deployment (this worker ingests in-process)", schedule.id)
+
+
+async def _cancel_flow_runs(rows: list[Any]) -> None:
+    """The flow runs of released rows will never do their work: mark them Cancelled (they are fenced anyway)."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    if not rows:
+        return
+    async with get_client() as client:
+        for row in rows:
+            if row.flow_run_id is None:
+                continue
+            try:
+                run = await client.read_flow_run(row.flow_run_id)
+                if run.state is None or not run.state.is_final():
+                    await client.set_flow_run_state(row.flow_run_id, Cancelled(message="job requeued: worker stopped"),
+                                                    force=True)
+            except Exception as exc:  # noqa: BLE001 - best effort; the row is already back in the queue
+                log.warning("flow run %s of job %s not cancelled: %s", row.flow_run_id, row.id, exc)
 
 
 def main() -> int:
