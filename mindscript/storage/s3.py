@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -101,10 +103,19 @@ class S3Storage:
     def put(self, path: Path, key: str, *, content_type: str, public: bool, sha256: str,
             on_progress: ProgressCallback | None = None) -> StoredObject:
         bucket = self.config.public_bucket if public else self.config.private_bucket
-        return with_fallback(
-            lambda b: self._put_to(b, Path(path), key, content_type=content_type, public=public, sha256=sha256,
-                                   on_progress=on_progress),
-            bucket, self.config.fallback_bucket)
+        try:
+            return with_fallback(
+                lambda b: self._put_to(b, Path(path), key, content_type=content_type, public=public, sha256=sha256,
+                                       on_progress=on_progress),
+                bucket, self.config.fallback_bucket)
+        finally:
+            self.close()  # one put per task: do not leave pooled sockets to the garbage collector
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+            self._client = None
 
     def _put_to(self, bucket: str, path: Path, key: str, *, content_type: str, public: bool, sha256: str,
                 on_progress: ProgressCallback | None) -> StoredObject:
@@ -178,7 +189,6 @@ class S3Storage:
             nonlocal done
             with lock:
                 done += n
-                report(on_progress, done / size if size else 1.0)
 
         chunk = self.config.chunk_bytes
         transfer = TransferConfig(multipart_threshold=chunk, multipart_chunksize=chunk,
@@ -187,7 +197,19 @@ class S3Storage:
         extra = {"ContentType": content_type, "Metadata": {"sha256": sha256},
                  "CacheControl": "public, max-age=31536000, immutable"}
         try:
-            s3.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=transfer, Callback=progress)
+            # s3transfer calls ``progress`` from its worker threads; ``on_progress`` is reported from this thread
+            # only (sinks such as Prefect's API client belong to the caller's thread).
+            with ThreadPoolExecutor(1, thread_name_prefix="s3-upload") as pool:
+                future = pool.submit(s3.upload_file, str(path), bucket, key, ExtraArgs=extra, Config=transfer,
+                                     Callback=progress)
+                while True:
+                    try:
+                        future.result(timeout=0.25)
+                        break
+                    except FutureTimeout:
+                        with lock:
+                            fraction = done / size if size else 1.0
+                        report(on_progress, fraction)
         except Exception as exc:  # noqa: BLE001
             raise _translate(exc, what=f"uploading {key!r} ({human_bytes(size)}) to bucket {bucket!r}", bucket=bucket,
                              size=size) from exc
