@@ -27,6 +27,7 @@ from mindscript.job import RenderJob
 from mindscript.layers import SkippedLayer
 from mindscript.progress import ProgressSink, ProgressTracker, Stage, log_sink, throttled
 from mindscript.settings import get_settings
+from mindscript.voice import uses_recording
 from tasks import progress as progress_mod
 from tasks import queue as queue_mod
 from tasks.render import fetch_background, generate_voice, master_audio, plan_tone, store_output
@@ -55,7 +56,7 @@ def render_job(job: RenderJob, queue_attempt: int | None = None) -> dict[str, An
     try:
         with ws_mod.workspace(settings.work_dir, job.id) as ws:
             layers = job.project.layers
-            speaks = layers.voice.enabled and bool(job.project.script_text.strip())
+            speaks = layers.voice.enabled and (bool(job.project.script_text.strip()) or uses_recording(job))
             voice_f = generate_voice.submit(job, str(ws)) if speaks else None
             bed_f = fetch_background.submit(job, str(ws)) if layers.background.enabled else None
             tone_fs = {k: plan_tone.submit(k, job) for k in ("solfeggio", "binaural") if getattr(layers, k).enabled}

@@ -258,6 +258,14 @@ def prepare_recording(
 
 
 # ---- uploaded recordings ----
+def uses_recording(job: RenderJob) -> bool:
+    """Whether the job's voice is an uploaded recording (it needs no script text)."""
+    layer = job.project.layers.voice
+    if layer.provider is not None:
+        return layer.provider == "upload"
+    return (job.project.voice_ref or "").strip().lower().startswith("upload:")
+
+
 def recording_source(choice: VoiceChoice) -> str:
     """The source of an ``upload:`` voice: an https URL, a path in the configured storage, or (CLI) a file."""
     return choice.voice

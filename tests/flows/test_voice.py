@@ -285,3 +285,14 @@ def test_no_secret_in_logs_errors_or_results(openai: oas.OpenAIServer, worker_en
         run(make_job("Something new.", "openai:nova"), worker_env)
     text = json.dumps(result) + caplog.text + str(info.value) + repr(info.value)
     assert OPENAI_KEY not in text and OPENAI_KEY[-12:] not in text
+
+
+def test_provider_concurrency_is_bounded(openai: oas.OpenAIServer, worker_env: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TTS_CONCURRENCY_OPENAI", "2")
+    monkeypatch.setenv("TTS_CHUNK_SIZE", "120")
+    get_settings.cache_clear()
+    openai.delay_s = 0.3
+    script = " ".join(f"{s[:-1]} number {i}." for i, s in enumerate(SENTENCES * 2))
+    stem = run(make_job(script, "openai:nova"), worker_env)
+    assert stem.chunks >= 6 and openai.max_active == 2
