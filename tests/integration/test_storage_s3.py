@@ -85,7 +85,8 @@ def test_40mb_multipart_upload_bounded_memory_and_presigned_url(endpoint: str, t
     parts = [r for r in requests if r[0] == "PUT" and "partNumber=" in r[2]]
     assert len(parts) == 8  # 40 MiB / 5 MiB: multipart, not a single PUT
     assert any(r[0] == "HEAD" and r[1].endswith(stored.key) for r in requests)  # size checked after upload
-    assert progress == sorted(progress) and progress[-1] == 1.0 and len(progress) > 8
+    # reported from the caller's thread while the parts go up (polled), never backwards, ending at 1
+    assert progress == sorted(progress) and progress[-1] == 1.0 and any(0 < f < 1 for f in progress)
     assert stored.url_kind == "signed" and stored.bucket == "priv-bucket" and stored.size == 40 * MIB
     assert stored.expires_at is not None and "X-Amz-Signature=" in stored.url
     got, n, headers = _fetch_sha256(stored.url)
