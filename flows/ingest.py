@@ -13,7 +13,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python flows/ingest.py`: make the project root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
 
@@ -22,11 +22,15 @@ from tasks.ingest import RENDER_DEPLOYMENT, claim, reconcile_flow_runs, requeue_
 
 
 @flow(name="ingest_queue", flow_run_name="ingest")
-def ingest_queue(max_jobs: int | None = None, deployment: str = RENDER_DEPLOYMENT) -> dict[str, Any]:
-    """Turn available queue rows into render flow runs; returns what it requeued, settled and submitted."""
+def ingest_queue(max_jobs: int | None = None, deployment: str = RENDER_DEPLOYMENT,
+                 capacity: Literal["worker", "pool"] = "worker") -> dict[str, Any]:
+    """Turn available queue rows into render flow runs; returns what it requeued, settled and submitted.
+
+    ``capacity="worker"`` (serve.py) counts this worker's active rows against ``max_jobs``; ``"pool"``
+    (prefect.yaml) counts every active row against ``max_jobs``, the work pool's total."""
     requeued = requeue_expired()
     settled = reconcile_flow_runs()
-    rows = claim(max_jobs if max_jobs is not None else get_settings().max_jobs)
+    rows = claim(max_jobs if max_jobs is not None else get_settings().max_jobs, capacity)
     runs = [submit(row, deployment) for row in rows]
     return summary(requeued, settled, rows, runs)
 

@@ -71,10 +71,12 @@ def reconcile_flow_runs() -> dict[str, str]:
 
 
 @task(name="claim-jobs", cache_policy=NO_CACHE)
-def claim(max_jobs: int) -> list[QueueJob]:
+def claim(max_jobs: int, scope: str = "worker") -> list[QueueJob]:
+    """Claim up to the free capacity: ``max_jobs`` minus this worker's active rows (``scope="worker"``, one
+    serve.py per machine) or minus every active row (``scope="pool"``: a work pool whose workers share it)."""
     settings = get_settings()
     queue = get_queue()
-    free = max_jobs - len(queue.active(settings.worker_id))
+    free = max_jobs - len(queue.active(None if scope == "pool" else settings.worker_id))
     return queue.claim(settings.worker_id, free, settings.queue_lease_s) if free > 0 else []
 
 

@@ -130,6 +130,28 @@ def _outputs(storage: Path, job_id: uuid.UUID) -> list[Path]:
     return sorted(p for p in storage.rglob("*") if p.is_file() and str(job_id) in p.parts)
 
 
+def _render_runs(rows: list[QueueJob]) -> dict[uuid.UUID, tuple[str, str]]:
+    """State name and message of every render flow run of these jobs, read from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowFilter, FlowFilterName
+
+    ids = {str(r.id) for r in rows}
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["render_job"])),
+                                     deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["render"])))
+    return {run.id: (run.state.name, run.state.message or "") for run in runs
+            if run.state is not None and str(run.parameters.get("job", {}).get("id")) in ids}
+
+
+def _flow_run_logs(run_ids: list[uuid.UUID]) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=run_ids)))
+    return "\n".join(f"{log.flow_run_id} {log.level} {log.message}" for log in logs)
+
+
 def test_five_jobs_complete_and_a_killed_render_is_requeued_and_completed(worker: Worker) -> None:
     worker.ids = [worker.queue.enqueue(JOB).id for _ in range(5)]
 
@@ -171,6 +193,14 @@ def test_five_jobs_complete_and_a_killed_render_is_requeued_and_completed(worker
                if status == "processing" and stage is not None and 0 < pct < 100}
     assert len({i for i, _ in between}) >= 3, between
     assert len({stage for _, stage in between}) >= 2, between
+
+    # Prefect's view: every render flow run completed, except the killed one (Crashed); no process exited 1
+    runs = _render_runs(done)
+    assert len(runs) == 6, runs
+    bad = {run_id: f"{name}: {msg}" for run_id, (name, msg) in runs.items()
+           if name != "Completed" and run_id != victim.flow_run_id}
+    assert not bad, f"{bad}\n{_flow_run_logs(list(bad))}"
+    assert runs[victim.flow_run_id][0] == "Crashed", runs[victim.flow_run_id]
 
     status, stats = worker.get("/stats")
     assert status == 200
