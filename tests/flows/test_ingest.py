@@ -165,3 +165,15 @@ def test_a_superseded_attempt_does_not_render(queue: PostgresQueue) -> None:
         render_job(parse_job(row.job_document()), queue_attempt=row.attempts)
     now = queue.get(job.id)
     assert now is not None and now.status == "processing" and now.worker_id == "other" and now.attempts == 2
+
+
+def test_pool_capacity_counts_every_workers_active_rows(queue: PostgresQueue, render_deployment: str) -> None:
+    for _ in range(4):
+        queue.enqueue(VOICE_ONLY)
+    assert len(queue.claim("another-worker", 2, 60)) == 2  # rendering elsewhere in the pool
+
+    # this worker has none active: worker capacity would claim 2; the pool has 1 slot left of 3
+    out = ingest_queue(max_jobs=3, deployment=render_deployment, capacity="pool")
+    assert out["claimed"] == 1 and len(out["submitted"]) == 1
+    assert ingest_queue(max_jobs=3, deployment=render_deployment, capacity="pool")["claimed"] == 0
+    assert ingest_queue(max_jobs=3, deployment=render_deployment)["claimed"] == 1  # worker scope: 1 of its own
