@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     tts_fallback: str = Field(
         default="local", description="Comma-separated providers that re-voice a track whose primary failed."
     )
-    tts_concurrency_openai: int = Field(default=4, ge=1, le=64)
+    tts_concurrency_openai: int = Field(default=8, ge=1, le=64)
     tts_concurrency_elevenlabs: int = Field(default=2, ge=1, le=64)
     tts_concurrency_local: int = Field(default=1, ge=1, le=64)
     tts_retries: int = Field(default=3, ge=0, le=10)

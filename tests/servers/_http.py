@@ -125,6 +125,16 @@ class VendorServer:
             body = raw
         req = Recorded(h.command, parsed.path, dict(urllib.parse.parse_qsl(parsed.query)),
                        {k.lower(): v for k, v in h.headers.items()}, body)
+        if req.path == "/_stats":  # for benchmarks that run the server in another process
+            with self._lock:
+                stats = {"requests": len(self.requests), "max_active": self.max_active}
+            reply = Reply.json(200, stats)
+            h.send_response(200)
+            h.send_header("Content-Type", reply.content_type)
+            h.send_header("Content-Length", str(len(reply.body)))
+            h.end_headers()
+            h.wfile.write(reply.body)
+            return
         with self._lock:
             self.requests.append(req)
             fault = self._faults.pop(0) if self._faults else self.fail_always

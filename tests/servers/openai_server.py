@@ -75,3 +75,12 @@ class OpenAIServer(VendorServer):
                 w.writeframes(pcm)
             return Reply(200, buf.getvalue(), "audio/wav")
         return error(400, f"this test server serves pcm and wav, not {fmt!r}", "invalid_request_error", None)
+
+
+if __name__ == "__main__":  # python -m tests.servers.openai_server KEY DELAY SECONDS_PER_CHAR
+    import sys
+
+    key, delay, spc = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+    with OpenAIServer(api_key=key, delay_s=delay, seconds_per_char=spc) as srv:
+        print(srv.base_url, flush=True)
+        sys.stdin.read()  # serve until the parent closes our stdin
