@@ -58,3 +58,26 @@ def test_plan_keeps_pauses_out_of_requests_and_context_only_where_used() -> None
     assert [c.request.previous_text for c in plan2.chunks] == [None, "One.", "Two.", "Three."]
     assert [c.request.next_text for c in plan2.chunks] == ["Two.", "Three.", "Four.", None]
     assert {c.key for c in plan.chunks}.isdisjoint({c.key for c in plan2.chunks})
+
+
+def test_s3_store_round_trip_over_the_s3_protocol() -> None:
+    """S3AudioStore against moto's S3 (in process): put, get, missing key, and errors translated."""
+    import boto3
+    from moto import mock_aws
+
+    from mindscript.errors import StorageError
+    from mindscript.tts.cache import S3AudioStore
+
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+        client.create_bucket(Bucket="tts")
+        store = S3AudioStore(client, "tts", "cache")
+        key = "tts-v1-" + "b" * 64
+        assert store.get(key) is None
+        fake = FakeProvider()
+        ref = fetch_or_synthesize(store, key, fake, TTSRequest(text="Rest.", voice="v"), fake.audio_format)
+        assert not ref.cached and client.head_object(Bucket="tts", Key=f"cache/{key}")["ContentLength"] == ref.size
+        again = fetch_or_synthesize(store, key, fake, TTSRequest(text="Rest.", voice="v"), fake.audio_format)
+        assert again.cached and len(fake.calls) == 1 and store.identity == "s3://tts/cache"
+        with pytest.raises(StorageError, match="NoSuchBucket"):
+            S3AudioStore(client, "missing").put(key, b"x")
