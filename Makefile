@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench lint clean worker
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s); set PYTHON=python3.11" % sys.version.split()[0])'
@@ -22,11 +22,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+worker: $(STAMP)
+	$(PY) deployments/serve.py
+
 bench: $(STAMP)
 	$(PY) bench/render_bench.py --record
 
 lint: $(STAMP)
-	$(PY) -m ruff check mindscript tasks flows tests bench examples
+	$(PY) -m ruff check mindscript tasks flows tests bench examples deployments
 
 clean:
 	rm -rf output .mindscript .pytest_cache bench/.cache

@@ -204,11 +204,30 @@ def _drain(queue: Any, worker_id: str, grace_s: float) -> list[Any]:
 async def _drop_schedules(deployment_id: Any) -> None:
     """Prefect keeps a redeployed deployment's old schedules: a served ingest must have none (see above)."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
 
     async with get_client() as client:
-        for schedule in await client.read_deployment_schedules(deployment_id):
+        schedules = await client.read_deployment_schedules(deployment_id)
+        for schedule in schedules:
             await client.delete_deployment_schedule(deployment_id, schedule.id)
             log.info("removed schedule %s of the ingest deployment (this worker ingests in-process)", schedule.id)
+        # runs an earlier schedule created would still start (late ones first): drop them too
+        runs = await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                any_=[StateType.SCHEDULED]))))
+        stale = [run for run in runs if run.auto_scheduled]
+        for run in stale:
+            await client.delete_flow_run(run.id)
+        if stale:
+            log.info("removed %s scheduled ingest run(s) left by an earlier schedule", len(stale))
 
 
 async def _cancel_flow_runs(rows: list[Any]) -> None:
