@@ -218,7 +218,7 @@ def test_sigterm_mid_render_finishes_the_job_and_exits_zero(worker: Worker) -> N
     assert worker.proc.wait(120) == 0, worker.tail()
     row = worker.queue.get(worker.ids[0])
     assert row is not None
-    assert row.status == "completed" or (row.status == "pending" and row.error and "requeued" in row.error), row
+    assert row.status == "completed" or (row.status == "pending" and "requeued" in (row.message or "")), row
     if row.status == "completed":
         assert len(_outputs(worker.storage, row.id)) == 1
     gone, alive = psutil.wait_procs(children, timeout=10)
