@@ -27,6 +27,7 @@ worker: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/render_bench.py --record
+	$(PY) bench/tts_bench.py --seconds-per-char 0.004 --record
 
 lint: $(STAMP)
 	$(PY) -m ruff check mindscript tasks flows tests bench examples deployments
