@@ -160,10 +160,10 @@ def synthesize_chunks(specs: Sequence[ChunkSpec], settings: Settings, *,
     # go through the locked, cached task. A script that repeats itself has chunks with one key: one task.
     by_key: dict[str, ChunkRef] = {}
     for spec in specs:
-        if spec.key not in by_key and (data := store.get(spec.key)) is not None:
+        if spec.key not in by_key and (size := store.size(spec.key)) is not None:
             fmt = spec.audio_format
             by_key[spec.key] = ChunkRef(key=spec.key, fmt=fmt.fmt, sample_rate=fmt.sample_rate,
-                                        channels=fmt.channels, characters=len(spec.request.text), size=len(data),
+                                        channels=fmt.channels, characters=len(spec.request.text), size=size,
                                         cached=True)
     unique = list({spec.key: spec for spec in specs if spec.key not in by_key}.values())
     token = Transaction.__var__.set(None)  # type: ignore[arg-type]

@@ -107,6 +107,10 @@ class AudioStore(Protocol):
         """Store ``data`` under ``key`` (atomically: a reader sees all of it or nothing)."""
         ...
 
+    def size(self, key: str) -> int | None:
+        """The stored object's size in bytes, or None when absent (cheaper than ``get``)."""
+        ...
+
 
 class MemoryAudioStore:
     """A dict (one process, one call): for the sequential path and tests."""
@@ -123,6 +127,10 @@ class MemoryAudioStore:
 
     def put(self, key: str, data: bytes) -> None:
         self._data[key] = bytes(data)
+
+    def size(self, key: str) -> int | None:
+        data = self._data.get(key)
+        return None if data is None else len(data)
 
 
 def _check_key(key: str) -> str:
@@ -148,6 +156,12 @@ class LocalAudioStore:
     def get(self, key: str) -> bytes | None:
         try:
             return self.path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self.path(key).stat().st_size
         except FileNotFoundError:
             return None
 
@@ -183,6 +197,9 @@ class S3AudioStore:
     def identity(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
 
+    def _error(self, op: str, key: str, code: str, exc: BaseException) -> StorageError:
+        return StorageError(f"TTS cache bucket {self.bucket!r}: {op} {key!r} failed ({code or type(exc).__name__})")
+
     def _key(self, key: str) -> str:
         key = _check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -195,8 +212,16 @@ class S3AudioStore:
             code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
             if code in ("NoSuchKey", "404", "NotFound"):
                 return None
-            raise StorageError(f"TTS cache bucket {self.bucket!r}: get {key!r} failed ({code or type(exc).__name__})") \
-                from exc
+            raise self._error("get", key, code, exc) from exc
+
+    def size(self, key: str) -> int | None:
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+        except Exception as exc:
+            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+            if code in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise self._error("head", key, code, exc) from exc
 
     def put(self, key: str, data: bytes) -> None:
         try:
@@ -204,8 +229,7 @@ class S3AudioStore:
                                    ContentType="application/octet-stream")
         except Exception as exc:
             code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-            raise StorageError(f"TTS cache bucket {self.bucket!r}: put {key!r} failed ({code or type(exc).__name__})") \
-                from exc
+            raise self._error("put", key, code, exc) from exc
 
 
 def fetch_or_synthesize(store: AudioStore, key: str, provider: TTSProvider, request: TTSRequest,

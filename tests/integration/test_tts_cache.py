@@ -40,7 +40,7 @@ def test_local_store_round_trip_and_no_second_request(tmp_path: Path) -> None:
     ref = fetch_or_synthesize(store, "tts-v1-" + "a" * 64, fake, req, fake.audio_format)
     again = fetch_or_synthesize(store, "tts-v1-" + "a" * 64, fake, req, fake.audio_format)
     assert not ref.cached and again.cached and len(fake.calls) == 2 and ref.size == again.size
-    assert store.get(ref.key) == store.path(ref.key).read_bytes()
+    assert store.get(ref.key) == store.path(ref.key).read_bytes() and store.size(ref.key) == ref.size
     with pytest.raises(ValueError):
         store.get("../../etc/passwd")
 
@@ -73,11 +73,12 @@ def test_s3_store_round_trip_over_the_s3_protocol() -> None:
         client.create_bucket(Bucket="tts")
         store = S3AudioStore(client, "tts", "cache")
         key = "tts-v1-" + "b" * 64
-        assert store.get(key) is None
+        assert store.get(key) is None and store.size(key) is None
         fake = FakeProvider()
         ref = fetch_or_synthesize(store, key, fake, TTSRequest(text="Rest.", voice="v"), fake.audio_format)
         assert not ref.cached and client.head_object(Bucket="tts", Key=f"cache/{key}")["ContentLength"] == ref.size
         again = fetch_or_synthesize(store, key, fake, TTSRequest(text="Rest.", voice="v"), fake.audio_format)
         assert again.cached and len(fake.calls) == 1 and store.identity == "s3://tts/cache"
+        assert store.size(key) == ref.size
         with pytest.raises(StorageError, match="NoSuchBucket"):
             S3AudioStore(client, "missing").put(key, b"x")
