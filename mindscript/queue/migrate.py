@@ -46,3 +46,28 @@ def apply_migrations(dsn: str, *, bootstrap: bool = True, supabase_dir: Path = S
         finally:
             conn.execute(f"SELECT pg_advisory_unlock({_LOCK_KEY})")
     return applied_now
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mindscript.queue.migrate [DSN]`` (default: SUPABASE_DB_URL or DATABASE_URL)."""
+    import argparse
+
+    from mindscript.settings import get_settings
+
+    parser = argparse.ArgumentParser(prog="python -m mindscript.queue.migrate", description=__doc__)
+    parser.add_argument("dsn", nargs="?", help="libpq URL (default: SUPABASE_DB_URL, then DATABASE_URL)")
+    parser.add_argument("--no-bootstrap", action="store_true",
+                        help="skip supabase/tests/bootstrap.sql (the database already has Supabase's roles)")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    dsn = args.dsn or settings.supabase_db_url or settings.database_url
+    if not dsn:
+        parser.error("no database: pass a DSN or set SUPABASE_DB_URL / DATABASE_URL")
+    dsn = dsn.get_secret_value() if hasattr(dsn, "get_secret_value") else dsn
+    applied = apply_migrations(dsn, bootstrap=not args.no_bootstrap)
+    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none (up to date)'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

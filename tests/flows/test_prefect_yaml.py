@@ -21,6 +21,7 @@ NAMES = ("render_job/render", "ingest_queue/ingest")
 def pool(prefect_server: str) -> Iterator[str]:
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name="mindscript", type="process"), overwrite=True)
+        client.create_work_pool(WorkPoolCreate(name="mindscript-control", type="process"), overwrite=True)
         for name, priority in (("high", 1), ("low", 3)):
             try:
                 client.create_work_queue(WorkQueueCreate(name=name, priority=priority).name, priority=priority,
@@ -50,7 +51,8 @@ def test_prefect_deploy_all_creates_both_deployments(prefect_server: str, pool: 
     assert queues["high"] < queues["default"] < queues["low"]
     assert render.entrypoint == "flows/render.py:render_job" and render.work_pool_name == pool
     assert render.work_queue_name == "default" and not render.schedules
-    assert ingest.entrypoint == "flows/ingest.py:ingest_queue" and ingest.work_pool_name == pool
+    # ingest has a pool of its own so its runs never take a render slot
+    assert ingest.entrypoint == "flows/ingest.py:ingest_queue" and ingest.work_pool_name == "mindscript-control"
     assert ingest.parameters == {"max_jobs": 16, "capacity": "pool"}
     [schedule] = ingest.schedules
     assert schedule.active and schedule.schedule.interval.total_seconds() == 5  # type: ignore[union-attr]
