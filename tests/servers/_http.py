@@ -59,18 +59,19 @@ def speech_like_pcm(text: str, sample_rate: int, seconds_per_char: float, *, min
     return np.clip(np.rint(x * 32767), -32768, 32767).astype("<i2").tobytes()
 
 
-class VendorServer:
-    """Base: start/stop, request log, scripted faults, optional per-request delay."""
+class LoopbackServer:
+    """A threaded HTTP/1.1 server on 127.0.0.1 (a free port) that hands every request to ``_serve``.
 
-    def __init__(self, *, delay_s: float = 0.0, seconds_per_char: float = 0.01) -> None:
-        self.delay_s = delay_s
-        self.seconds_per_char = seconds_per_char
-        self.requests: list[Recorded] = []
-        self._faults: list[Reply] = []
-        self.fail_always: Reply | None = None
-        self._lock = threading.Lock()
-        self._active = 0
-        self.max_active = 0
+    Subclasses call ``_start_http()`` at the end of ``__init__`` and implement ``_serve(handler)``;
+    ``METHODS`` names the HTTP methods they answer. Use as a context manager.
+    """
+
+    METHODS: tuple[str, ...] = ("GET", "POST")
+
+    def _serve(self, handler: BaseHTTPRequestHandler) -> None:
+        raise NotImplementedError
+
+    def _start_http(self) -> None:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -79,18 +80,16 @@ class VendorServer:
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                server._serve(self)
+        def dispatch(handler: BaseHTTPRequestHandler) -> None:
+            server._serve(handler)
 
-            def do_GET(self) -> None:  # noqa: N802
-                server._serve(self)
-
+        for method in self.METHODS:
+            setattr(Handler, f"do_{method}", dispatch)
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
-    # lifecycle
-    def __enter__(self) -> VendorServer:
+    def __enter__(self) -> Any:
         self._thread.start()
         return self
 
@@ -102,6 +101,21 @@ class VendorServer:
     def origin(self) -> str:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}"
+
+
+class VendorServer(LoopbackServer):
+    """Base: start/stop, request log, scripted faults, optional per-request delay."""
+
+    def __init__(self, *, delay_s: float = 0.0, seconds_per_char: float = 0.01) -> None:
+        self.delay_s = delay_s
+        self.seconds_per_char = seconds_per_char
+        self.requests: list[Recorded] = []
+        self._faults: list[Reply] = []
+        self.fail_always: Reply | None = None
+        self._lock = threading.Lock()
+        self._active = 0
+        self.max_active = 0
+        self._start_http()
 
     # scripting
     def fail_next(self, *replies: Reply) -> None:

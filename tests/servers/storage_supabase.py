@@ -18,9 +18,11 @@ import secrets
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+
+from tests.servers._http import LoopbackServer
 
 PIECE = 64 * 1024
 
@@ -45,7 +47,9 @@ class Fault:
     count: int
 
 
-class SupabaseStorageServer:
+class SupabaseStorageServer(LoopbackServer):
+    METHODS = ("GET", "POST", "PATCH", "HEAD", "PUT", "DELETE")
+
     def __init__(self, root: Path, service_key: str) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -58,35 +62,11 @@ class SupabaseStorageServer:
         self.faults: list[Fault] = []
         self.injected = 0
         self._lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802
-                server._serve(self)
-
-            do_POST = do_PATCH = do_HEAD = do_PUT = do_DELETE = do_GET  # noqa: N815
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> SupabaseStorageServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._start_http()
 
     @property
     def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return self.origin
 
     def fail(self, method: str, path_prefix: str, status: int, count: int, error: str = "injected",
              message: str | None = None) -> None:
