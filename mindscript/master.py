@@ -206,10 +206,12 @@ class Mixer:
             if self.duck_curve is not None:
                 gain *= ducking.duck_gain_block(self.duck_curve, p.voice.hop_frames, start, n)  # type: ignore[union-attr]
             mix += bed * gain[:, None]
-        for tone in p.tones:
+        if p.tones:
+            # one fade shared by every tone layer, computed once per block
             fade = envelopes.fade_gain(start, n, p.total_frames, p.tone_fade_frames,
-                                       max(p.tone_fade_frames, p.fade_out_frames))
-            mix += tones.tone_block(tone.params, p.sample_rate, start, n) * fade[:, None]
+                                       max(p.tone_fade_frames, p.fade_out_frames))[:, None]
+            for tone in p.tones:
+                mix += tones.tone_block(tone.params, p.sample_rate, start, n) * fade
         return mix
 
     def _voice_block(self, start: int, n: int) -> np.ndarray:
