@@ -80,9 +80,13 @@ class ProgressTracker:
 
     # -- reporting -----------------------------------------------------------------------------------
     def start(self, stage: Stage, message: str | None = None) -> None:
-        """Enter ``stage``; every earlier stage not yet finished is completed first (auto-advance)."""
+        """Enter ``stage``; every earlier stage not yet finished is completed first (auto-advance).
+
+        Stages only move forward: entering a stage earlier than the current one does nothing (a task may
+        already have reported a later stage while the flow still waits on an earlier one).
+        """
         with self._lock:
-            if self._current == stage:
+            if self._current == stage or self._is_behind(stage):
                 return
             for earlier in STAGES[: STAGES.index(stage)]:
                 rec = self._records[earlier]
@@ -104,7 +108,7 @@ class ProgressTracker:
         """
         with self._lock:
             if stage is not None and stage != self._current:
-                if self._current is not None and STAGES.index(stage) < STAGES.index(self._current):
+                if self._is_behind(stage):
                     return
                 self.start(stage)
             if self._current is None:
@@ -114,6 +118,8 @@ class ProgressTracker:
 
     def complete(self, stage: Stage, message: str | None = None) -> None:
         with self._lock:
+            if self._is_behind(stage):
+                return
             self.start(stage)
             self._finish_current(message or f"{_label(stage)} done")
 
@@ -159,6 +165,9 @@ class ProgressTracker:
         return {s.value: r.error for s, r in self._records.items() if r.error}
 
     # -- internals -----------------------------------------------------------------------------------
+    def _is_behind(self, stage: Stage) -> bool:
+        return self._current is not None and STAGES.index(stage) < STAGES.index(self._current)
+
     def _finish_current(self, message: str) -> None:
         assert self._current is not None
         rec = self._records[self._current]

@@ -79,3 +79,14 @@ def test_throttle_passes_transitions_and_limits_updates() -> None:
     now[0] = 5.0
     tracker.update(0.95)
     assert got[-1].kind == "progress"
+
+
+def test_stages_never_run_backwards_and_timings_stay_positive() -> None:
+    tracker, _ = _tracker()
+    tracker.start(Stage.INITIALIZING)
+    tracker.update(0.5, stage=Stage.GENERATING_VOICE)  # a task reports ahead of the flow
+    tracker.start(Stage.DOWNLOADING_ASSETS)  # the flow catches up with an earlier stage
+    tracker.complete(Stage.DOWNLOADING_ASSETS)
+    assert tracker.current is Stage.GENERATING_VOICE
+    assert tracker.percent() == 30
+    assert all(v >= 0 for v in tracker.timings().values())
