@@ -12,6 +12,7 @@ botocore's own retries are switched off: ``RetryPolicy`` is the one retry layer 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -182,13 +183,19 @@ class S3Storage:
         from boto3.s3.transfer import TransferConfig
 
         s3 = self.client()
-        done = 0
-        lock = threading.Lock()
+        arrived: queue.SimpleQueue[int] = queue.SimpleQueue()  # byte counts from s3transfer's threads
+        done, reported = 0, -1
 
-        def progress(n: int) -> None:
-            nonlocal done
-            with lock:
-                done += n
+        def drain() -> None:
+            # Every 1 % step that arrived is reported, in order, even when the upload finished between two
+            # polls: progress does not depend on how fast the store answers.
+            nonlocal done, reported
+            while not arrived.empty():
+                done += arrived.get()
+                step = int(100 * done / size) if size else 100
+                if step > reported:
+                    reported = step
+                    report(on_progress, step / 100)
 
         chunk = self.config.chunk_bytes
         transfer = TransferConfig(multipart_threshold=chunk, multipart_chunksize=chunk,
@@ -201,15 +208,14 @@ class S3Storage:
             # only (sinks such as Prefect's API client belong to the caller's thread).
             with ThreadPoolExecutor(1, thread_name_prefix="s3-upload") as pool:
                 future = pool.submit(s3.upload_file, str(path), bucket, key, ExtraArgs=extra, Config=transfer,
-                                     Callback=progress)
+                                     Callback=arrived.put)
                 while True:
                     try:
                         future.result(timeout=0.25)
                         break
                     except FutureTimeout:
-                        with lock:
-                            fraction = done / size if size else 1.0
-                        report(on_progress, fraction)
+                        drain()
+                drain()
         except Exception as exc:  # noqa: BLE001
             raise _translate(exc, what=f"uploading {key!r} ({human_bytes(size)}) to bucket {bucket!r}", bucket=bucket,
                              size=size) from exc
