@@ -31,17 +31,22 @@ import soundfile as sf
 from numpy.typing import NDArray
 from scipy.signal import resample_poly
 
+from mindscript import mp3frames
 from mindscript.errors import AssetNotFound, AssetTooLarge, EncoderFailed, InvalidAudio
 
 __all__ = [
     "AudioInfo",
     "Encoder",
+    "Mp3Segment",
+    "SegmentedMp3Encoder",
     "decode_bytes",
     "decode_to_wav",
     "ffmpeg_exe",
     "iter_blocks",
     "open_encoder",
+    "open_segmented_mp3",
     "open_stem_writer",
+    "plan_mp3_segments",
     "read_info",
     "write_wav_f32",
 ]
@@ -629,6 +634,147 @@ class _FloatWavWriter(Encoder):
 
     def _kill(self) -> None:
         self._file.close()
+
+
+# ------------------------------------------------------------------------------ parallel MP3 segments
+
+# Frames of audio each later segment encodes before its join window (encoder and limiter settle: LAME's
+# state and bit reservoir, the limiter's 80 ms release), the width of the window in which the join frame
+# is chosen, and the frames the previous segment encodes past the window (its flush must not reach them).
+_SEG_PREROLL_FRAMES = 64
+_SEG_WINDOW_FRAMES = 32
+_SEG_POSTROLL_FRAMES = 8
+# Below this much audio per segment the pre-roll costs more than the parallelism gains.
+_SEG_MIN_S = 20.0
+
+
+@dataclass(frozen=True)
+class Mp3Segment:
+    """The slice of the program one parallel encoder is fed: input frames ``[start, stop)``."""
+
+    index: int
+    start: int  # first input frame, on the 1152-frame grid
+    stop: int
+    join_from: int  # program MP3 frames where this segment may take over from the previous one
+    join_to: int
+
+
+def plan_mp3_segments(total_frames: int, sample_rate: int, segments: int) -> tuple[Mp3Segment, ...]:
+    """Split a program of ``total_frames`` into at most ``segments`` overlapping encoder inputs."""
+    if total_frames <= 0:
+        raise ValueError(f"total_frames must be positive, got {total_frames!r}")
+    fs = mp3frames.FRAME_SAMPLES
+    n = max(1, min(segments, int(total_frames / sample_rate // _SEG_MIN_S)))
+    program_frames = -(-total_frames // fs)
+    joins = [round(program_frames * i / n) for i in range(1, n)]
+    out: list[Mp3Segment] = []
+    for i in range(n):
+        start = 0 if i == 0 else (joins[i - 1] - _SEG_PREROLL_FRAMES) * fs
+        stop = total_frames if i == n - 1 else min(
+            total_frames, (joins[i] + _SEG_WINDOW_FRAMES + _SEG_POSTROLL_FRAMES) * fs)
+        lo = 0 if i == 0 else joins[i - 1]
+        out.append(Mp3Segment(index=i, start=start, stop=stop, join_from=lo,
+                              join_to=lo + (_SEG_WINDOW_FRAMES if i else 0)))
+    return tuple(out)
+
+
+class SegmentedMp3Encoder:
+    """Encode one program as parallel MP3 segments (one LAME process each), joined gaplessly on close.
+
+    Feed segment ``i`` the program's frames ``segments[i].start`` to ``segments[i].stop`` with
+    ``write(i, block)``, in order within each segment and interleaved across segments as you like; each
+    segment's encoder runs in its own process, so they use every core while the caller produces audio.
+    ``close`` joins them at MP3 frame boundaries (see :mod:`mindscript.mp3frames`) into ``path`` with a
+    correct Xing/LAME header; gapless decoders return exactly ``total_frames`` frames.
+    """
+
+    def __init__(self, path: Path, *, sample_rate: int, channels: int, bitrate_kbps: int, total_frames: int,
+                 segments: int) -> None:
+        self.path = Path(path)
+        self.total_frames = total_frames
+        self.segments = plan_mp3_segments(total_frames, sample_rate, segments)
+        self._parts = [self.path.with_name(f".{self.path.name}.seg{s.index}.mp3") for s in self.segments]
+        self._encoders: list[Encoder] = []
+        self._state: Literal["open", "closed", "aborted"] = "open"
+        self.joins: tuple[tuple[int, int], ...] = ()  # (program MP3 frame, reservoir bytes carried) per join
+        try:
+            for part in self._parts:
+                self._encoders.append(_Mp3Encoder(part, sample_rate=sample_rate, channels=channels,
+                                                  bitrate_kbps=bitrate_kbps))
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, index: int, block: FloatArray) -> None:
+        """Encode the next block of segment ``index``."""
+        seg = self.segments[index]
+        enc = self._encoders[index]
+        if enc.frames_written + len(block) > seg.stop - seg.start:
+            raise ValueError(f"segment {index} takes {seg.stop - seg.start} frames; "
+                             f"got {enc.frames_written + len(block)}")
+        try:
+            enc.write(block)
+        except BaseException:
+            self.abort()
+            raise
+
+    def close(self) -> Path:
+        """Finish every segment, join them into ``path``; idempotent."""
+        if self._state == "closed":
+            return self.path
+        if self._state == "aborted":
+            raise EncoderFailed(f"encoder for '{self.path}' was aborted; nothing to close")
+        try:
+            for seg, enc in zip(self.segments, self._encoders, strict=True):
+                if enc.frames_written != seg.stop - seg.start:
+                    raise EncoderFailed(f"segment {seg.index} of '{self.path}' got {enc.frames_written} of "
+                                        f"{seg.stop - seg.start} frames")
+                enc.close()
+            if len(self._parts) == 1:
+                os.replace(self._parts[0], self.path)
+            else:
+                specs = [mp3frames.SegmentFile(part, seg.start // mp3frames.FRAME_SAMPLES, seg.join_from,
+                                               seg.join_to) for part, seg in zip(self._parts, self.segments,
+                                                                                 strict=True)]
+                try:
+                    self.joins = mp3frames.join_segments(specs, self.path, total_samples=self.total_frames).joins
+                except mp3frames.Mp3JoinError as exc:
+                    raise EncoderFailed(f"cannot join the MP3 segments of '{self.path}': {exc}") from exc
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            for part in self._parts:
+                _unlink_quietly(part)
+        self._state = "closed"
+        return self.path
+
+    def abort(self) -> None:
+        """Stop every encoder and remove partial files; idempotent."""
+        if self._state != "open":
+            return
+        self._state = "aborted"
+        for enc in self._encoders:
+            enc.abort()
+        for part in self._parts:
+            _unlink_quietly(part)
+
+    def __enter__(self) -> SegmentedMp3Encoder:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def open_segmented_mp3(path: Path, *, sample_rate: int, total_frames: int, segments: int, channels: int = 2,
+                       bitrate_kbps: int = 192) -> SegmentedMp3Encoder:
+    """Open a parallel MP3 encoder for a program of known length (see :class:`SegmentedMp3Encoder`)."""
+    return SegmentedMp3Encoder(path, sample_rate=sample_rate, channels=channels, bitrate_kbps=bitrate_kbps,
+                               total_frames=total_frames, segments=segments)
 
 
 def open_stem_writer(path: Path, *, sample_rate: int, channels: int = 1) -> Encoder:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
 import zlib
 from collections.abc import Callable
@@ -70,6 +71,7 @@ class MasterPlan:
     fade_out_frames: int
     duck_depth_db: float
     dither_seed: int
+    encode_segments: int = 1  # MP3 only: segments encoded in parallel and joined at frame boundaries
 
     @property
     def duration_s(self) -> float:
@@ -166,6 +168,7 @@ def plan_master(
         fade_out_frames=int(settings.program_fade_out_s * sr),
         duck_depth_db=settings.duck_depth_db,
         dither_seed=zlib.crc32(job.id.encode()),
+        encode_segments=settings.encode_segments or os.cpu_count() or 1,
     )
 
 
@@ -265,26 +268,80 @@ def measure_mix(plan: MasterPlan, mixer: Mixer, on_progress: Progress | None = N
     return loudness.meter_result(meter).integrated_lufs
 
 
+class _Producer:
+    """Mixes and limits one stretch of the program, ``[start, stop)``, block by block.
+
+    The limiter starts cold at ``start``; a segment's encoder pre-roll (see audio_io.plan_mp3_segments)
+    is longer than the limiter's memory, so from the join on its output equals a single pass's.
+    """
+
+    def __init__(self, plan: MasterPlan, mixer: Mixer, start: int, stop: int) -> None:
+        ceiling = plan.ceiling_dbtp - plan.limiter_margin_db
+        params = limiter.LimiterParams(sample_rate=plan.sample_rate, ceiling_dbtp=ceiling)
+        self._lim = limiter.limiter_init(params, 2)
+        self._mixer, self._plan = mixer, plan
+        self._gain = np.float32(db_to_gain(plan.program_gain_db))
+        self.start, self.stop = start, stop
+        # Input runs past ``stop`` by the limiter's latency so the output reaches ``stop`` without a flush
+        # (a flush would fade into silence that is not in the program).
+        self._feed_end = min(plan.total_frames, stop + limiter.limiter_latency(params))
+        self._pos = start
+        self._flushed = False
+        self.emitted = 0
+
+    @property
+    def done(self) -> bool:
+        return self.emitted >= self.stop - self.start or self._flushed
+
+    def next_block(self) -> np.ndarray:
+        """The next block of limited output (may be empty while the limiter fills its look-ahead)."""
+        want = self.stop - self.start - self.emitted
+        if self._pos < self._feed_end:
+            n = min(self._plan.block_frames, self._feed_end - self._pos)
+            block = self._mixer.block(self._pos, n)
+            block *= self._gain
+            out, self._lim = limiter.limiter_process(self._lim, block)
+            self._pos += n
+            if self._pos >= self._feed_end and self._feed_end == self._plan.total_frames:
+                tail, self._lim = limiter.limiter_flush(self._lim)
+                out = np.concatenate([out, tail]) if len(tail) else out
+                self._flushed = True  # nothing more can come; the encoder checks the count
+        out = out[:want]
+        self.emitted += len(out)
+        return out
+
+
 def render_pass(plan: MasterPlan, mixer: Mixer, out_path: Path, on_progress: Progress | None = None) -> None:
-    """Mix, limit and encode into ``out_path`` (the encoder runs on another core as blocks arrive)."""
-    ceiling = plan.ceiling_dbtp - plan.limiter_margin_db
-    lim = limiter.limiter_init(limiter.LimiterParams(sample_rate=plan.sample_rate, ceiling_dbtp=ceiling), 2)
-    gain = np.float32(db_to_gain(plan.program_gain_db))
-    starts = _blocks(plan)
-    with audio_io.open_encoder(out_path, fmt=plan.fmt, sample_rate=plan.sample_rate, channels=2,
-                               bitrate_kbps=plan.bitrate_kbps, dither_seed=plan.dither_seed) as enc:
-        for i, start in enumerate(starts):
-            block = mixer.block(start, min(plan.block_frames, plan.total_frames - start))
-            block *= gain
-            out, lim = limiter.limiter_process(lim, block)
-            if len(out):
-                enc.write(out)
-            if on_progress:
-                done_s = min(start + plan.block_frames, plan.total_frames) / plan.sample_rate
-                on_progress((i + 1) / len(starts), f"mixed {done_s:.0f} s")
-        out, lim = limiter.limiter_flush(lim)
-        if len(out):
-            enc.write(out)
+    """Mix, limit and encode into ``out_path``; the encoders run in other processes as blocks arrive.
+
+    MP3 is encoded as ``plan.encode_segments`` segments at once (LAME is single-threaded) and joined at
+    frame boundaries; this thread mixes the segments' blocks in turn so every encoder stays busy.
+    """
+    total = plan.total_frames
+    if plan.fmt == "mp3":
+        enc = audio_io.open_segmented_mp3(out_path, sample_rate=plan.sample_rate, total_frames=total,
+                                          segments=plan.encode_segments, bitrate_kbps=plan.bitrate_kbps)
+        stretches = [(s.start, s.stop) for s in enc.segments]
+    else:
+        enc = audio_io.open_encoder(out_path, fmt=plan.fmt, sample_rate=plan.sample_rate, channels=2,
+                                    bitrate_kbps=plan.bitrate_kbps, dither_seed=plan.dither_seed)
+        stretches = [(0, total)]
+    producers = [_Producer(plan, mixer, a, b) for a, b in stretches]
+    work = sum(b - a for a, b in stretches)
+    with enc:
+        write = enc.write if isinstance(enc, audio_io.SegmentedMp3Encoder) else lambda _i, b: enc.write(b)
+        steps = 0
+        while active := [i for i, p in enumerate(producers) if not p.done]:
+            for i in active:
+                out = producers[i].next_block()
+                if len(out):
+                    write(i, out)
+            steps += 1
+            if on_progress and steps % 4 == 0:
+                done = sum(p.emitted for p in producers)
+                on_progress(min(1.0, done / work), f"mixed {done / plan.sample_rate:.0f} s")
+        if on_progress:
+            on_progress(1.0, f"mixed {total / plan.sample_rate:.0f} s")
 
 
 def measure_file(path: Path, speech_blocks: np.ndarray | None = None) -> Quality:
