@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     sample_rate: Literal[44100, 48000] = 44100
     tts_chunk_size: int = Field(default=4000, ge=100, le=40000)
     block_frames: int = Field(default=65536, ge=1024, le=1 << 20, description="Master stage block size.")
+    encode_segments: int = Field(
+        default=0, ge=0, le=16,
+        description="MP3 segments encoded in parallel and joined at frame boundaries (0: one per CPU core).",
+    )
 
     # layer levels relative to the voice (LU), used when a job does not give gainDb
     background_rel_lu: float = -14.0
