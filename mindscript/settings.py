@@ -155,6 +155,10 @@ class Settings(BaseSettings):
         default=None, description="Public URL of an object: '{endpoint}', '{bucket}', '{region}', '{key}' fields.")
     s3_multipart_chunk_mb: int = Field(default=8, ge=5, le=512, description="Multipart part size (5 MiB minimum).")
     s3_max_concurrency: int = Field(default=4, ge=1, le=32, description="Parts in flight at once.")
+    recordings_bucket: str | None = Field(default=None, description="Bucket of upload:<key> voices (S3/Supabase); "
+                                                                    "unset: PRIVATE_BUCKET.")
+    recordings_prefix: str = Field(default="uploads/", max_length=512,
+                                   description="upload:<key> voices must be keys under this prefix ('' = anywhere).")
     # ---- end storage ----
 
     # ---- queue (issue 5: transports, leases, backoff, worker shutdown) ----
@@ -174,6 +178,18 @@ class Settings(BaseSettings):
         secret = self.supabase_db_url or self.database_url
         return secret.get_secret_value() if secret is not None else None
     # ---- end queue ----
+
+    @field_validator("recordings_prefix")
+    @classmethod
+    def _folder_prefix(cls, value: str) -> str:
+        # A folder, so "uploads" cannot match "uploads-other/..."; no '.'/'..' segments, not absolute.
+        value = value.strip()
+        if value and not value.endswith("/"):
+            value += "/"
+        parts = value.split("/")[:-1]
+        if value.startswith("/") or "\\" in value or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"RECORDINGS_PREFIX must be a relative folder like 'uploads/', got {value!r}")
+        return value
 
     @field_validator("storage_dir", "work_dir")
     @classmethod

@@ -18,10 +18,11 @@ import numpy as np
 
 from mindscript import assets, audio_io
 from mindscript.dsp import ducking, limiter, loudness, truepeak
-from mindscript.errors import InvalidAudio, InvalidJob, StorageError
+from mindscript.errors import AssetNotFound, InvalidAudio, InvalidJob, StorageError, StorageRejected
 from mindscript.job import RenderJob
 from mindscript.script import Pause, Speech, chunk_text, parse_script
 from mindscript.settings import Settings
+from mindscript.storage.base import StorageReader, check_object_key
 from mindscript.tts.base import AudioFormat, TTSProvider, TTSRequest
 from mindscript.tts.cache import AudioStore, ChunkRef, MemoryAudioStore, cache_key, fetch_or_synthesize
 
@@ -272,23 +273,39 @@ def recording_source(choice: VoiceChoice) -> str:
 
 
 def prepare_upload(
-    source: str, workspace: Path, settings: Settings, *, sample_rate: int, storage_root: Path | None = None,
+    source: str, workspace: Path, settings: Settings, *, sample_rate: int, storage: StorageReader | None = None,
 ) -> VoiceStem:
     """Fetch an uploaded recording once (size cap, timeout) and make it the voice stem, levelled like TTS.
 
-    ``source`` is an ``https://`` URL; a key in the configured storage (``storage_root`` for local storage,
-    e.g. ``uploads/abc.m4a``: it must stay inside that folder); or, only where ALLOW_LOCAL_ASSETS is set (CLI
-    renders), a local file path. Any codec ffmpeg decodes is accepted.
+    ``source`` is an ``https://`` URL; a key in the configured storage (``storage``: local directory, S3 or
+    Supabase; e.g. ``uploads/abc.m4a``: it must be a plain key under RECORDINGS_PREFIX, read from
+    RECORDINGS_BUCKET or else the private bucket, streamed by the storage adapter); or, only where
+    ALLOW_LOCAL_ASSETS is set (CLI renders), a local file path. Any codec ffmpeg decodes is accepted.
     """
     field = "payload.projectData.voiceRef"
     parsed_scheme = source.split(":", 1)[0].lower() if "://" in source else ""
     fetched: Path | None = None
-    if parsed_scheme not in ("http", "https", "file") and storage_root is not None:
-        root = storage_root.expanduser().resolve()
-        candidate = (root / source.lstrip("/")).resolve()
-        if candidate.is_relative_to(root) and candidate.is_file():
-            fetched = assets.fetch(str(candidate), workspace, name="recording", max_bytes=settings.max_asset_bytes,
-                                   timeout_s=settings.download_timeout_s, allow_local=True, field=field)
+    if not parsed_scheme and storage is not None:
+        try:
+            key = check_object_key(source, settings.recordings_prefix)
+        except StorageRejected as exc:
+            if not settings.allow_local_assets:  # queue jobs: a storage key or a URL, nothing else
+                raise InvalidJob(
+                    f"{field}: {source!r} is not an https URL nor a key in the {storage.name} storage "
+                    f"(RECORDINGS_PREFIX={settings.recordings_prefix!r}: {exc.message}); local files are not "
+                    "allowed for queue jobs") from exc
+        else:
+            suffix = Path(key).suffix.lower()[:8]
+            dest = workspace / f"recording{suffix if suffix.isascii() else ''}"
+            try:
+                storage.download(key, dest, bucket=settings.recordings_bucket, max_bytes=settings.max_asset_bytes,
+                                 timeout_s=settings.download_timeout_s)
+                fetched = dest
+            except AssetNotFound:
+                if not settings.allow_local_assets:
+                    raise
+                log.info("%r is not in the %s storage; trying it as a local file (ALLOW_LOCAL_ASSETS)", key,
+                         storage.name)
     if fetched is None:
         if parsed_scheme == "http" and not settings.allow_local_assets:
             raise InvalidJob(f"{field}: an uploaded recording must be an https URL (got {assets.redact_url(source)!r})")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -20,9 +20,9 @@ from mindscript.errors import TransientError
 from mindscript.job import RenderJob
 from mindscript.layers import BackgroundBed, ToneKind, TonePlan
 from mindscript.progress import Stage
-from mindscript.services import build_services, build_tts_factories
+from mindscript.services import build_services, build_storage, build_tts_factories
 from mindscript.settings import get_settings
-from mindscript.storage.base import CONTENT_TYPES, StoredObject, render_key
+from mindscript.storage.base import CONTENT_TYPES, StorageReader, StoredObject, render_key
 from mindscript.voice import VoiceStem
 from tasks.progress import reporter
 from tasks.storage import with_s3_block
@@ -52,7 +52,7 @@ def generate_voice(job: RenderJob, workspace: str) -> VoiceStem:
     if choice.provider == "upload":
         return voice_mod.prepare_upload(
             voice_mod.recording_source(choice), Path(workspace), settings, sample_rate=job.output.sample_rate,
-            storage_root=settings.storage_dir if settings.storage_backend == "local" else None,
+            storage=cast(StorageReader, build_storage(with_s3_block(settings))),  # every backend reads too
         )
     return voice_track(job, settings, Path(workspace), choice,
                        on_progress=reporter(job.id, Stage.GENERATING_VOICE))

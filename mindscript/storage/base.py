@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+import urllib.parse
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
-from mindscript.errors import StorageBucketRejected, StorageError
+from mindscript.errors import AssetTooLarge, StorageBucketRejected, StorageError, StorageRejected
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,64 @@ class Storage(Protocol):
 
     def put(self, path: Path, key: str, *, content_type: str, public: bool, sha256: str,
             on_progress: ProgressCallback | None = None) -> StoredObject: ...
+
+
+class StorageReader(Protocol):
+    """Reads an object (an uploaded recording) back out of the configured storage, streamed to a file.
+
+    Implementations stream in pieces (never the whole object in memory), refuse objects over ``max_bytes``
+    (by the declared size first, then by what actually arrives), apply ``timeout_s`` to every network
+    operation, and retry transient failures inside the adapter (STORAGE_RETRIES). They raise
+    ``AssetNotFound`` (no such object), ``AssetTooLarge``, ``StorageRejected`` (an unsafe key, or access
+    denied) or ``StorageError`` (still failing after the retries).
+    """
+
+    name: str
+
+    def download(self, key: str, dest: Path, *, bucket: str | None, max_bytes: int, timeout_s: float) -> int:
+        """Write object ``key`` of ``bucket`` (the private bucket when None; local storage has none) to
+        ``dest``; returns the number of bytes written. ``dest`` is removed again on any failure."""
+        ...
+
+
+def check_object_key(key: str, prefix: str = "") -> str:
+    """``key`` if it is a plain relative object key inside ``prefix``; else ``StorageRejected``.
+
+    Refused: empty, absolute, backslashes, NUL, control characters, ``.``/``..`` segments, empty segments,
+    percent-encoded forms (``%2e%2e%2f``, double-encoded too), and anything outside ``prefix``. Object stores
+    do not resolve ``..`` themselves, but proxies, CDNs and some S3-compatible servers normalize paths, so a
+    key that could mean another key once decoded or normalized is never sent.
+    """
+    decoded = key
+    for _ in range(3):  # double-encoded (%252e) too
+        decoded = urllib.parse.unquote(decoded)
+    if decoded != key:
+        raise StorageRejected(f"storage key {key!r} contains percent-encoded characters; use the plain form")
+    if (not key or key.startswith("/") or "\\" in key or any(ord(c) < 32 or ord(c) == 127 for c in key)
+            or (len(key) > 1 and key[1] == ":")):
+        raise StorageRejected(f"storage key {key!r} is not a relative object key")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise StorageRejected(f"storage key {key!r} has an empty, '.' or '..' segment")
+    if prefix and not key.startswith(prefix):
+        raise StorageRejected(f"storage key {key!r} is outside the configured prefix {prefix!r}")
+    return key
+
+
+def write_capped(pieces: Iterable[bytes], dest: Path, *, max_bytes: int, what: str) -> int:
+    """Write ``pieces`` to ``dest``, stopping with ``AssetTooLarge`` once more than ``max_bytes`` arrived (a
+    declared size can lie). Removes ``dest`` on any failure; returns the byte count."""
+    total = 0
+    try:
+        with open(dest, "wb") as out:
+            for piece in pieces:
+                total += len(piece)
+                if total > max_bytes:
+                    raise AssetTooLarge(f"{what} exceeds the {max_bytes}-byte limit (MAX_ASSET_BYTES)")
+                out.write(piece)
+    except BaseException:
+        Path(dest).unlink(missing_ok=True)
+        raise
+    return total
 
 
 def render_key(job_id: str, sha256: str, ext: str, day: date | None = None) -> str:

@@ -6,8 +6,8 @@ import os
 import urllib.parse
 from pathlib import Path
 
-from mindscript.errors import StorageRejected
-from mindscript.storage.base import ProgressCallback, StoredObject, report
+from mindscript.errors import AssetNotFound, AssetTooLarge, StorageRejected
+from mindscript.storage.base import ProgressCallback, StoredObject, check_object_key, report, write_capped
 
 _COPY_CHUNK = 1 << 20
 
@@ -70,3 +70,19 @@ class LocalStorage:
             sha256=sha256,
             content_type=content_type,
         )
+
+    def download(self, key: str, dest: Path, *, bucket: str | None = None, max_bytes: int,
+                 timeout_s: float = 0.0) -> int:
+        """Copy the file of ``key`` to ``dest`` (``bucket`` and ``timeout_s`` do not apply to a directory)."""
+        source = self.resolve(check_object_key(key))  # resolve() also refuses a symlink out of the root
+        try:
+            size = source.stat().st_size
+        except FileNotFoundError:
+            raise AssetNotFound(f"storage key {key!r} not found in STORAGE_DIR") from None
+        if not source.is_file():
+            raise AssetNotFound(f"storage key {key!r} is not a file in STORAGE_DIR")
+        if size > max_bytes:
+            raise AssetTooLarge(f"storage key {key!r} is {size} bytes, over the {max_bytes}-byte limit")
+        with open(source, "rb") as src:
+            return write_capped(iter(lambda: src.read(_COPY_CHUNK), b""), dest, max_bytes=max_bytes,
+                                what=f"storage key {key!r}")

@@ -24,19 +24,23 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from mindscript.errors import StorageBucketRejected, StorageError, StorageRejected
+from mindscript.errors import AssetNotFound, AssetTooLarge, StorageBucketRejected, StorageError, StorageRejected
 from mindscript.storage.base import (
     ProgressCallback,
     RetryPolicy,
     StoredObject,
+    check_object_key,
     file_size,
     human_bytes,
     is_transient_status,
     report,
     with_fallback,
+    write_capped,
 )
 
 log = logging.getLogger(__name__)
+
+_DOWNLOAD_PIECE = 256 * 1024
 
 _TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed",
                     "Throttling", "ThrottlingException", "TooManyRequests"}
@@ -78,27 +82,30 @@ class S3Storage:
     def client(self) -> Any:
         with self._lock:
             if self._client is None:
-                import boto3
-                from botocore.config import Config
-
-                c = self.config
-                self._client = boto3.session.Session().client(
-                    "s3",
-                    endpoint_url=c.endpoint_url,
-                    region_name=c.region,
-                    aws_access_key_id=c.access_key_id,
-                    aws_secret_access_key=c.secret_access_key.get_secret_value() if c.secret_access_key else None,
-                    aws_session_token=c.session_token.get_secret_value() if c.session_token else None,
-                    config=Config(
-                        connect_timeout=min(30.0, c.timeout_s), read_timeout=c.timeout_s,
-                        retries={"total_max_attempts": 1},  # RetryPolicy is the one retry layer
-                        s3={"addressing_style": "path" if c.endpoint_url else "auto"},
-                        signature_version="s3v4",
-                        request_checksum_calculation="when_required",
-                        response_checksum_validation="when_required",
-                    ),
-                )
+                self._client = self._make_client(self.config.timeout_s)
             return self._client
+
+    def _make_client(self, timeout_s: float) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        c = self.config
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=c.endpoint_url,
+            region_name=c.region,
+            aws_access_key_id=c.access_key_id,
+            aws_secret_access_key=c.secret_access_key.get_secret_value() if c.secret_access_key else None,
+            aws_session_token=c.session_token.get_secret_value() if c.session_token else None,
+            config=Config(
+                connect_timeout=min(30.0, timeout_s), read_timeout=timeout_s,
+                retries={"total_max_attempts": 1},  # RetryPolicy is the one retry layer
+                s3={"addressing_style": "path" if c.endpoint_url else "auto"},
+                signature_version="s3v4",
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
+        )
 
     # -- Storage -----------------------------------------------------------------------------------------
     def put(self, path: Path, key: str, *, content_type: str, public: bool, sha256: str,
@@ -128,6 +135,45 @@ class S3Storage:
         url, kind, expires = self._url(bucket, key, public)
         return StoredObject(backend=self.name, bucket=bucket, key=key, url=url, url_kind=kind, size=size,
                             sha256=sha256, expires_at=expires, content_type=content_type)
+
+    # -- StorageReader -----------------------------------------------------------------------------------
+    def download(self, key: str, dest: Path, *, bucket: str | None = None, max_bytes: int,
+                 timeout_s: float) -> int:
+        """Stream ``key`` of ``bucket`` (PRIVATE_BUCKET when None) to ``dest``: GetObject read in 256 KiB pieces,
+        ``timeout_s`` on connect and on every read, the declared ContentLength checked before any byte."""
+        check_object_key(key)
+        bucket = bucket or self.config.private_bucket
+        s3 = self._make_client(timeout_s)  # this timeout, not STORAGE_TIMEOUT_S; closed below
+        what = f"downloading {key!r} from bucket {bucket!r}"
+        hint = f"check that bucket {bucket!r} exists and these credentials may read it (s3:GetObject)"
+
+        def once() -> int:
+            try:
+                response = s3.get_object(Bucket=bucket, Key=key)
+            except Exception as exc:  # noqa: BLE001
+                _, code = _status_code(exc)
+                if code in ("NoSuchKey", "404", "NotFound"):
+                    raise AssetNotFound(f"storage key {key!r} not found in bucket {bucket!r}") from exc
+                raise _translate(exc, what=what, bucket=bucket, hint=hint) from exc
+            body = response["Body"]
+            try:
+                declared = int(response.get("ContentLength") or 0)
+                if declared > max_bytes:
+                    raise AssetTooLarge(f"storage key {key!r} in bucket {bucket!r} is {declared} bytes, over the "
+                                        f"{max_bytes}-byte limit")
+                return write_capped(body.iter_chunks(_DOWNLOAD_PIECE), dest, max_bytes=max_bytes,
+                                    what=f"storage key {key!r} in bucket {bucket!r}")
+            except (AssetTooLarge, AssetNotFound):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a read timeout or reset mid-body: worth another try
+                raise _translate(exc, what=what, bucket=bucket) from exc
+            finally:
+                body.close()
+
+        try:
+            return self.retry.run(once, what=what)
+        finally:
+            s3.close()
 
     # -- steps ---------------------------------------------------------------------------------------------
     def _ensure_bucket(self, bucket: str) -> None:

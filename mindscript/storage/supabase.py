@@ -28,16 +28,18 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from mindscript.errors import StorageBucketRejected, StorageError, StorageRejected
+from mindscript.errors import AssetNotFound, AssetTooLarge, StorageBucketRejected, StorageError, StorageRejected
 from mindscript.storage.base import (
     ProgressCallback,
     RetryPolicy,
     StoredObject,
+    check_object_key,
     file_size,
     human_bytes,
     is_transient_status,
     report,
     with_fallback,
+    write_capped,
 )
 
 log = logging.getLogger(__name__)
@@ -133,6 +135,46 @@ class SupabaseStorage:
         url, kind, expires = self.retry.run(lambda: self._url(bucket, key, public), what=f"URL for {key!r}")
         return StoredObject(backend=self.name, bucket=bucket, key=key, url=url, url_kind=kind, size=size,
                             sha256=sha256, expires_at=expires, content_type=content_type)
+
+    # -- StorageReader -----------------------------------------------------------------------------------
+    def download(self, key: str, dest: Path, *, bucket: str | None = None, max_bytes: int,
+                 timeout_s: float) -> int:
+        """Stream ``key`` of ``bucket`` (PRIVATE_BUCKET when None) to ``dest`` with the service key.
+
+        ``GET /storage/v1/object/{bucket}/{key}`` (the route storage3's ``download`` uses, which would read the
+        whole object into memory), streamed in 256 KiB pieces; ``timeout_s`` on connect and every read;
+        redirects are not followed (the service key must not leave SUPABASE_URL's origin).
+        """
+        import httpx
+
+        check_object_key(key)
+        bucket = bucket or self.config.private_bucket
+        url = f"{self.base}/object/{urllib.parse.quote(bucket, safe='')}/{urllib.parse.quote(key, safe='/')}"
+        what = f"downloading {key!r} from bucket {bucket!r}"
+
+        def once(http: Any) -> int:
+            try:
+                with http.stream("GET", url, headers=self._headers()) as resp:
+                    if resp.status_code != 200:
+                        resp.read()
+                        status = _body_status(resp)
+                        if status == 404:
+                            raise AssetNotFound(f"storage key {key!r} not found in bucket {bucket!r}")
+                        raise self._http_error(status, _body_message(resp), what=what, bucket=bucket,
+                                               hint=f"check that bucket {bucket!r} exists and SUPABASE_SERVICE_KEY "
+                                                    "may read it")
+                    declared = resp.headers.get("Content-Length", "")
+                    if declared.isdigit() and int(declared) > max_bytes:
+                        raise AssetTooLarge(f"storage key {key!r} in bucket {bucket!r} is {declared} bytes, over "
+                                            f"the {max_bytes}-byte limit")
+                    return write_capped(resp.iter_bytes(_STREAM_PIECE), dest, max_bytes=max_bytes,
+                                        what=f"storage key {key!r} in bucket {bucket!r}")
+            except httpx.TransportError as exc:  # connect/read timeouts, resets mid-body: worth another try
+                raise StorageError(f"{what}: {type(exc).__name__}") from exc
+
+        timeout = httpx.Timeout(timeout_s, connect=min(30.0, timeout_s))
+        with httpx.Client(timeout=timeout, follow_redirects=False) as http:
+            return self.retry.run(lambda: once(http), what=what)
 
     # -- buckets -------------------------------------------------------------------------------------------
     def _ensure_bucket(self, bucket: str, public: bool) -> _BucketInfo:
@@ -344,6 +386,17 @@ def _status(exc: Any) -> int | None:
         return int(str(exc.status))
     except (TypeError, ValueError):
         return None
+
+
+def _body_status(resp: Any) -> int:
+    """storage-api puts the real status in the body (``"statusCode": "404"`` in an HTTP 400 answer)."""
+    try:
+        body = resp.json()
+        if isinstance(body, dict) and str(body.get("statusCode", "")).isdigit():
+            return int(body["statusCode"])
+    except ValueError:
+        pass
+    return int(resp.status_code)
 
 
 def _body_message(resp: Any) -> str:

@@ -99,3 +99,80 @@ def test_render_job_with_an_uploaded_voice_and_no_script(worker_env: Path, file_
     meta = result["data"]["metadata"]
     assert meta["layers"]["used"][0] == "voice" and meta["tts"]["provider"] == "upload"
     assert abs(meta["loudness"]["speechLufs"] - get_settings().target_lufs) <= 1.0
+
+
+# -- upload:<key> in remote storage: streamed by the storage adapter, inside RECORDINGS_PREFIX ---------------
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    from tests.servers.process import server_process
+
+    with server_process("tests.servers.storage_s3") as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+def _s3_requests(endpoint: str) -> list[list[str]]:
+    import json
+    import urllib.request
+
+    return json.loads(urllib.request.urlopen(f"{endpoint}/_faults").read())["requests"]
+
+
+def test_s3_storage_key_recording(worker_env: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+
+    for name, value in {"STORAGE_BACKEND": "s3", "S3_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "rec-key",
+                        "AWS_SECRET_ACCESS_KEY": "rec-secret", "PRIVATE_BUCKET": "rec-private",
+                        "RECORDINGS_BUCKET": "rec-uploads", "ALLOW_LOCAL_ASSETS": "false",
+                        "STORAGE_RETRY_DELAY_S": "0.01"}.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    sf.write(worker_env / "take.flac", recording(12.0, 48000), 48000)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="rec-key",
+                      aws_secret_access_key="rec-secret")
+    s3.create_bucket(Bucket="rec-uploads")
+    s3.upload_file(str(worker_env / "take.flac"), "rec-uploads", "uploads/u1/take.flac")
+    s3.put_object(Bucket="rec-uploads", Key="renders/other.flac", Body=(worker_env / "take.flac").read_bytes())
+    s3.close()
+
+    stem = run(make_job("", "upload:uploads/u1/take.flac"), worker_env)
+    assert stem.provider == "upload" and stem.voice == "take.flac" and abs(stem.frames / 44100 - 12.0) < 0.05
+    assert abs(stem.measured_lufs - get_settings().target_lufs) <= 1.0
+    gets = [r for r in _s3_requests(s3_endpoint) if r[0] == "GET" and r[1] == "/rec-uploads/uploads/u1/take.flac"]
+    assert len(gets) == 1
+    before = len(_s3_requests(s3_endpoint))
+    for ref, error in (("upload:renders/other.flac", "outside the configured prefix"),  # in the bucket, not a take
+                       ("upload:uploads/../renders/other.flac", "'..' segment")):
+        with pytest.raises(PermanentError, match=error):
+            run(make_job("", ref), worker_env, "ws2")
+    assert len(_s3_requests(s3_endpoint)) == before  # refused before any request
+    with pytest.raises(PermanentError, match="not found in bucket 'rec-uploads'"):
+        run(make_job("", "upload:uploads/u1/missing.flac"), worker_env, "ws3")
+
+
+def test_supabase_storage_key_recording_and_size_cap(worker_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.servers.storage_supabase import SupabaseStorageServer
+
+    key = "service-role-key-upload-voice"
+    with SupabaseStorageServer(worker_env / "supabase", key) as server:
+        for name, value in {"STORAGE_BACKEND": "supabase", "SUPABASE_URL": server.url,
+                            "SUPABASE_SERVICE_KEY": key, "PRIVATE_BUCKET": "voice-private",
+                            "ALLOW_LOCAL_ASSETS": "false", "STORAGE_RETRY_DELAY_S": "0.01"}.items():
+            monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+        from mindscript.services import build_storage
+
+        path = worker_env / "take.ogg"
+        sf.write(path, recording(12.0), 48000, format="OGG", subtype="VORBIS")
+        build_storage(get_settings()).put(path, "uploads/take.ogg", content_type="audio/ogg", public=False,
+                                          sha256="0" * 64)
+        server.fail("GET", "/storage/v1/object/voice-private/", 503, 1)
+        stem = run(make_job("", "upload:uploads/take.ogg"), worker_env)
+        assert stem.provider == "upload" and abs(stem.frames / 44100 - 12.0) < 0.05
+        assert abs(stem.measured_lufs - get_settings().target_lufs) <= 1.0
+        assert len(server.calls("GET", "/storage/v1/object/voice-private/uploads/take.ogg")) == 2  # 503, then it
+        monkeypatch.setenv("MAX_ASSET_BYTES", "4096")
+        get_settings.cache_clear()
+        with pytest.raises(AssetTooLarge, match="4096"):
+            run(make_job("", "upload:uploads/take.ogg"), worker_env, "ws2")
+        # the service key travels in the auth headers only, never in a URL or a body
+        assert key not in " ".join(f"{r.path} {r.query} {r.json}" for r in server.requests)

@@ -1,8 +1,9 @@
 """A Supabase Storage API server on 127.0.0.1 speaking the routes storage3 and TUS clients use.
 
 Routes (under /storage/v1): GET/POST bucket, POST object/{bucket}/{path} (multipart, x-upsert),
-POST object/list/{bucket}, POST object/sign/{bucket}/{path}, GET object/sign/... (token),
-GET object/public/..., and TUS 1.0.0 at upload/resumable (POST create, HEAD offset, PATCH chunk).
+GET object/{bucket}/{path} (authenticated read), POST object/list/{bucket}, POST object/sign/{bucket}/{path},
+GET object/sign/... (token), GET object/public/..., and TUS 1.0.0 at upload/resumable (POST create, HEAD
+offset, PATCH chunk).
 Errors use storage-api's body shape ``{"statusCode": "404", "error": ..., "message": ...}``; like the real
 service, a missing bucket answers HTTP 400 with "404" in the body. Objects and TUS chunks are written to
 disk in small pieces, so the server holds no file in memory. Faults are scripted with ``fail``.
@@ -183,6 +184,9 @@ class SupabaseStorageServer(LoopbackServer):
             bid, key = route.split("/", 3)[2:]
             if not self.buckets.get(bid, {}).get("public"):
                 return self._not_found(h, "Object")
+            return self._object(h, bid, key)
+        if route.startswith("object/") and m == "GET":  # authenticated read (storage3's download route)
+            bid, key = route.split("/", 2)[1:]
             return self._object(h, bid, key)
         if route.startswith("object/") and m == "POST":
             bid, key = route.split("/", 2)[1:]
