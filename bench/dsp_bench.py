@@ -88,8 +88,9 @@ def bench_limiter(pool: np.ndarray, seconds: float) -> float:
 
 
 def bench_prepare_recording(pool: np.ndarray, seconds: float) -> float:
-    from mindscript import voice
     from render_bench import inputs  # bench/ is on sys.path
+
+    from mindscript import voice
 
     voice_wav, _ = inputs()
     with tempfile.TemporaryDirectory(prefix="ms-dsp-bench-") as tmp:
@@ -113,6 +114,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="one JSON line instead of a table")
     args = parser.parse_args()
+    import mindscript.dsp  # noqa: F401  (imports are not part of any timing)
+    import mindscript.voice  # noqa: F401
+
     pool = _pool()
     rows: dict[str, dict[str, float]] = {}
     for name in args.only or list(BENCHES):

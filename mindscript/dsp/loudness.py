@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,20 +151,62 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def meter_init(sample_rate: int, channels: int) -> MeterState:
-    """Start a streaming BS.1770-4 meter for ``channels`` channels at ``sample_rate`` Hz (>= 8000)."""
+def _check_weights(weights: Sequence[float], channels: int) -> tuple[float, ...]:
+    try:
+        out = tuple(float(w) for w in weights)
+    except (TypeError, ValueError):
+        raise ValueError(f"weights must be a sequence of numbers, got {weights!r}") from None
+    if len(out) != channels:
+        raise ValueError(f"weights must have one value per channel ({channels}), got {weights!r}")
+    if not all(math.isfinite(w) and w >= 0.0 for w in out):
+        raise ValueError(f"weights must be finite and >= 0, got {weights!r}")
+    return out
+
+
+def meter_init(sample_rate: int, channels: int, *, weights: Sequence[float] | None = None) -> MeterState:
+    """Start a streaming BS.1770-4 meter for ``channels`` channels at ``sample_rate`` Hz (>= 8000).
+
+    ``weights`` are the channel weights G_i of BS.1770-4 eq. 2 (default: Table 3 for the channel count,
+    1.0 for mono and stereo). A signal heard identically in two channels can be metered as one channel of
+    weight 2.0: eq. 2 sums ``G_i z_i``, so that reading equals the two-channel one at half the cost.
+    """
     sample_rate = check_sample_rate(sample_rate, minimum=MIN_SAMPLE_RATE)
     channels = check_frames(channels, "channels", minimum=1)
     return MeterState(
         sample_rate=sample_rate,
         channels=channels,
-        weights=_channel_weights(channels),
+        weights=_channel_weights(channels) if weights is None else _check_weights(weights, channels),
         sos=_readonly(k_weighting_sos(sample_rate)),
         zi=_readonly(np.zeros((2, channels, 2), dtype=np.float64)),
         pending=_readonly(np.zeros((channels, 0), dtype=np.float64)),
         steps_done=0,
         step_power=(),
     )
+
+
+def _k_weighted_squares(state: MeterState, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Squared K-weighted samples ``(channels, n)`` float64 of the float32 block ``x``, and the next ``zi``.
+
+    The filter runs in float64. Channel pairs go through it as one complex signal (left real, right
+    imaginary): with real coefficients the real and imaginary parts never mix, so every value is exactly
+    what filtering each channel alone gives, but the recursion (latency-bound) runs once per pair.
+    """
+    n, channels = x.shape
+    if channels % 2:
+        # (a writable copy of sos: scipy's kernel will not take a read-only buffer)
+        y, zf = signal.sosfilt(np.array(state.sos), x.T, axis=-1, zi=state.zi)
+        np.square(y, out=y)
+        return y, zf
+    pairs = np.ascontiguousarray(x).view(np.complex64).T  # (channels / 2, n): channel 2k real, 2k + 1 imag
+    zi = state.zi[:, 0::2, :] + 1j * state.zi[:, 1::2, :]
+    yc, zfc = signal.sosfilt(state.sos, pairs, axis=-1, zi=zi)
+    y = np.empty((channels, n), dtype=np.float64)
+    np.square(yc.real, out=y[0::2])
+    np.square(yc.imag, out=y[1::2])
+    zf = np.empty(state.zi.shape, dtype=np.float64)
+    zf[:, 0::2, :] = zfc.real
+    zf[:, 1::2, :] = zfc.imag
+    return y, zf
 
 
 def meter_update(state: MeterState, block: np.ndarray) -> MeterState:
@@ -173,27 +216,33 @@ def meter_update(state: MeterState, block: np.ndarray) -> MeterState:
     x = as_frames(block, "block", channels=state.channels)
     if x.shape[0] == 0:
         return state
-    # Filter in float64 along contiguous rows; zi makes the filter continuous across blocks.
-    rows = np.ascontiguousarray(x.T, dtype=np.float64)
-    y, zf = signal.sosfilt(np.array(state.sos), rows, axis=-1, zi=np.array(state.zi))
-    np.square(y, out=y)
-    buf = np.concatenate([state.pending, y], axis=1) if state.pending.shape[1] else y
-
+    # zi makes the filter continuous across blocks.
+    y, zf = _k_weighted_squares(state, x)
+    held = state.pending.shape[1]
     sr = state.sample_rate
-    origin = _step_start(state.steps_done, sr)
-    available = origin + buf.shape[1]
+    origin = _step_start(state.steps_done, sr)  # first frame of the pending samples
+    available = origin + held + y.shape[1]
     # Steps 0 .. K-1 are complete when step K starts at or before the end: floor(K * sr / 10) <= available.
     n_new = (10 * (available + 1) - 1) // sr - state.steps_done
     if n_new == 0:
-        return dataclasses.replace(state, zi=_readonly(zf), pending=_readonly(buf))
-    bounds = (state.steps_done + np.arange(n_new + 1, dtype=np.int64)) * sr // 10 - origin
+        pending = np.concatenate([state.pending, y], axis=1) if held else y
+        return dataclasses.replace(state, zi=_readonly(zf), pending=_readonly(pending))
+    # Step boundaries in the frames of y (the first step began in the pending samples when any are held).
+    bounds = (state.steps_done + np.arange(n_new + 1, dtype=np.int64)) * sr // 10 - origin - held
     # Each step is summed in one reduction over exactly its own samples, whatever block they came in.
-    sums = np.add.reduceat(buf[:, : bounds[-1]], bounds[:-1], axis=1)
+    sums = np.empty((state.channels, n_new), dtype=np.float64)
+    first = 0
+    if held:
+        head = np.concatenate([state.pending, y[:, : bounds[1]]], axis=1)
+        sums[:, :1] = np.add.reduceat(head, [0], axis=1)
+        first = 1
+    if n_new > first:
+        sums[:, first:] = np.add.reduceat(y[:, bounds[first] : bounds[-1]], bounds[first:-1] - bounds[first], axis=1)
     power = (sums / np.diff(bounds)).T  # mean square per step and channel: z_i of BS.1770-4 eq. 1
     return dataclasses.replace(
         state,
         zi=_readonly(zf),
-        pending=_readonly(np.ascontiguousarray(buf[:, bounds[-1] :])),
+        pending=_readonly(np.ascontiguousarray(y[:, bounds[-1] :])),
         steps_done=state.steps_done + n_new,
         step_power=(*state.step_power, _readonly(np.ascontiguousarray(power))),
     )

@@ -91,6 +91,39 @@ def test_matches_pyloudnorm_on_realistic_mixes(sr: int, seed: int) -> None:
     assert abs(ours - theirs) < 0.1
 
 
+@pytest.mark.parametrize(("sr", "seed"), [(44100, 7), (48000, 8)])
+def test_streamed_meter_matches_pyloudnorm_within_0_05_lu(sr: int, seed: int) -> None:
+    # The master and the stem analysis stream float32 blocks with the filter state carried between them.
+    x = _realistic_mix(sr, 60.0, seed)
+    state = meter_init(sr, 2)
+    for i in range(0, x.shape[0], 65536):
+        state = meter_update(state, x[i : i + 65536])
+    theirs = pyloudnorm.Meter(sr).integrated_loudness(x.astype(np.float64))
+    assert abs(meter_result(state).integrated_lufs - theirs) < 0.05
+
+
+def test_channel_pairs_filter_exactly_like_single_channels() -> None:
+    # Stereo is K-weighted as one complex signal; each channel must read exactly as it does alone.
+    sr = 44100
+    x = _realistic_mix(sr, 12.0, 9)
+    both = meter_steps(meter_update(meter_init(sr, 2), x))
+    for ch in range(2):
+        alone = meter_steps(meter_update(meter_init(sr, 1), np.ascontiguousarray(x[:, ch : ch + 1])))
+        assert np.array_equal(both[:, ch : ch + 1], alone)
+
+
+def test_mono_with_weight_2_reads_as_the_same_signal_in_both_channels() -> None:
+    sr = 44100
+    mono = _realistic_mix(sr, 20.0, 10)[:, :1]
+    stereo = np.repeat(mono, 2, axis=1)
+    one = meter_update(meter_init(sr, 1, weights=(2.0,)), mono)
+    two = meter_update(meter_init(sr, 2), stereo)
+    assert meter_result(one) == meter_result(two)
+    # BS.1770-4 eq. 2: the same signal in both channels reads +3.01 dB over one channel of weight 1.
+    single = meter_result(meter_update(meter_init(sr, 1), mono)).integrated_lufs
+    assert abs(meter_result(one).integrated_lufs - single - 10 * math.log10(2)) < 1e-9
+
+
 def test_blocked_meter_equals_one_shot_exactly() -> None:
     sr = 44100
     x = _realistic_mix(sr, 20.0, 5)
@@ -150,3 +183,7 @@ def test_rejects_bad_input_with_the_value() -> None:
         meter_init(4000, 2)
     with pytest.raises(ValueError, match=r"\(10, 3\)"):
         meter_update(meter_init(48000, 2), np.zeros((10, 3), np.float32))
+    with pytest.raises(ValueError, match=r"\(1.0,\)"):
+        meter_init(48000, 2, weights=(1.0,))
+    with pytest.raises(ValueError, match="-1.0"):
+        meter_init(48000, 1, weights=(-1.0,))
