@@ -2,17 +2,20 @@
 
     python bench/inputs.py          # generate what is missing in bench/.cache/ (run by the benchmarks)
 
-Inputs: a 9-minute speech-like voice WAV (float32, mono), a 35-second one for the short flow job, a 90-second
-music pad MP3 (looped by every system), and ``levels.json``: the constant layer gains the peer pipelines use
+Inputs: a 9-minute speech-like voice WAV (float32, mono), a 90-second music pad MP3 (looped by every system),
+and ``levels.json``: the constant layer gains the peer pipelines use
 (what an engineer would set once by ear), derived from this project's defaults so every system mixes the same
 program: the voice as recorded (unity gain), music 14 LU under it, Solfeggio and binaural at their relative
 levels; each peer then normalizes the whole mix to TARGET_LUFS.
 
+A job shorter than the voice plus its lead-in and tail gets the voice's first seconds as its own file
+(``voice_for()``), so every system, this render included, reads only the voice the program holds.
 Generation runs in its own process (``ensure()``), so a render process's peak RSS never includes it.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -24,33 +27,48 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache"
 SAMPLE_RATE = 44100
 VOICE_S = 540.0
-SHORT_VOICE_S = 35.0
 MUSIC_S = 90.0
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 
 @dataclass(frozen=True)
 class Inputs:
     voice: Path
-    short_voice: Path
     music: Path
     levels: Path
 
     def all(self) -> tuple[Path, ...]:
-        return (self.voice, self.short_voice, self.music, self.levels)
+        return (self.voice, self.music, self.levels)
 
     def read_levels(self) -> dict[str, Any]:
         return dict(json.loads(self.levels.read_text()))
 
 
 def paths() -> Inputs:
-    return Inputs(CACHE / "voice.wav", CACHE / "voice-short.wav", CACHE / "music.mp3", CACHE / "levels.json")
+    return Inputs(CACHE / "voice.wav", CACHE / "music.mp3", CACHE / "levels.json")
 
 
-def ensure() -> Inputs:
-    """The inputs, generated first (in a separate process) if any is missing."""
+def voice_seconds(duration_s: float) -> float:
+    """How much voice a ``duration_s`` job holds: all of it, or what fits between the lead-in and the tail."""
+    from mindscript.settings import Settings
+
+    s = Settings()
+    return max(1.0, min(VOICE_S, duration_s - s.voice_lead_in_s - s.voice_tail_s))
+
+
+def voice_for(duration_s: float) -> Path:
+    seconds = voice_seconds(duration_s)
+    return paths().voice if seconds >= VOICE_S else CACHE / f"voice-{seconds:g}s.wav"
+
+
+def ensure(duration_s: float | None = None) -> Inputs:
+    """The inputs (and the voice of a ``duration_s`` job), generated first in a separate process if missing."""
     inp = paths()
-    if not all(p.exists() for p in inp.all()):
-        subprocess.run([sys.executable, str(Path(__file__).resolve())], check=True, cwd=ROOT)
+    wanted = [*inp.all(), *([voice_for(duration_s)] if duration_s else [])]
+    if not all(p.exists() for p in wanted):
+        cmd = [sys.executable, str(Path(__file__).resolve())]
+        subprocess.run(cmd + (["--duration", str(duration_s)] if duration_s else []), check=True, cwd=ROOT)
     return inp
 
 
@@ -105,9 +123,7 @@ def _levels(inp: Inputs) -> dict[str, Any]:
     }
 
 
-def generate() -> Inputs:
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
+def generate(duration_s: float | None = None) -> list[Path]:
     from examples.make_assets import ambient_pad, speech_like, write_mp3
     from mindscript import audio_io
 
@@ -115,15 +131,22 @@ def generate() -> Inputs:
     CACHE.mkdir(parents=True, exist_ok=True)
     if not inp.voice.exists():
         audio_io.write_wav_f32(inp.voice, speech_like(VOICE_S, SAMPLE_RATE), SAMPLE_RATE)
-    if not inp.short_voice.exists():
-        audio_io.write_wav_f32(inp.short_voice, speech_like(SHORT_VOICE_S, SAMPLE_RATE), SAMPLE_RATE)
+    made = list(inp.all())
+    if duration_s:
+        voice = voice_for(duration_s)
+        if not voice.exists():
+            frames = int(voice_seconds(duration_s) * SAMPLE_RATE)
+            audio_io.write_wav_f32(voice, next(audio_io.iter_blocks(inp.voice, frames, frames=frames)), SAMPLE_RATE)
+        made.append(voice)
     if not inp.music.exists():
         write_mp3(inp.music, ambient_pad(MUSIC_S, SAMPLE_RATE), SAMPLE_RATE)
     if not inp.levels.exists():
         inp.levels.write_text(json.dumps(_levels(inp), indent=2) + "\n")
-    return inp
+    return made
 
 
 if __name__ == "__main__":
-    for p in generate().all():
-        print(p.relative_to(ROOT))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, help="also cut the voice of a job of this many seconds")
+    for path in generate(parser.parse_args().duration):
+        print(path.relative_to(ROOT))
