@@ -37,6 +37,7 @@ from mindscript.errors import AssetNotFound, AssetTooLarge, EncoderFailed, Inval
 __all__ = [
     "AudioInfo",
     "Encoder",
+    "FrameReader",
     "Mp3Segment",
     "SegmentedMp3Encoder",
     "decode_bytes",
@@ -411,6 +412,37 @@ def iter_blocks(
             )
         except (sf.LibsndfileError, RuntimeError) as exc:
             raise InvalidAudio(f"audio file '{path}' failed while decoding: {exc}") from exc
+
+
+class FrameReader:
+    """Random access to a stem (any file libsndfile reads): ``read(start, n)`` frames, zero-padded past the
+    end, up/down-mixed to ``channels``. The file stays open between reads (one seek per read).
+    """
+
+    def __init__(self, path: Path, channels: int) -> None:
+        _check_channels(channels)
+        self.path = Path(path)
+        self.channels = channels
+        try:
+            self._file = sf.SoundFile(str(self.path))
+        except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+            raise InvalidAudio(f"audio file '{self.path}' is not readable audio: {exc}") from exc
+        self.frames = self._file.frames
+
+    def read(self, start: int, n: int) -> FloatArray:
+        out = np.zeros((max(n, 0), self.channels), dtype=np.float32)
+        if n <= 0 or start < 0 or start >= self.frames:
+            return out
+        try:
+            self._file.seek(start)
+            got = self._file.read(min(n, self.frames - start), dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise InvalidAudio(f"audio file '{self.path}' failed while decoding: {exc}") from exc
+        out[: len(got)] = _map_channels(got, self.channels)
+        return out
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def write_wav_f32(path: Path, samples: FloatArray, sample_rate: int) -> Path:

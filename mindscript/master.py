@@ -28,7 +28,7 @@ from mindscript.dsp import ducking, envelopes, limiter, loudness, tones, truepea
 from mindscript.dsp.gain import db_to_gain
 from mindscript.errors import DurationTooLong, QualityCheckFailed
 from mindscript.job import RenderJob
-from mindscript.layers import BackgroundBed, TonePlan, read_frames
+from mindscript.layers import BackgroundBed, TonePlan
 from mindscript.settings import Settings
 from mindscript.voice import VoiceStem
 
@@ -192,10 +192,17 @@ class Mixer:
                                                      v.hop_frames / v.sample_rate)
         self._voice_gain = db_to_gain(plan.voice_gain_db)
         self._bed_gain = db_to_gain(plan.bed_gain_db)
+        self._voice = audio_io.FrameReader(Path(plan.voice.path), 1) if plan.voice is not None else None
+        self._bed = audio_io.FrameReader(Path(plan.bed.path), 2) if plan.bed is not None else None
         if plan.bed is not None:
             length = plan.bed.frames
             self._xfade = min(plan.loop_crossfade_frames, length // 4)
             self._fade_out_curve, self._fade_in_curve = envelopes.equal_power_crossfade(self._xfade)
+
+    def close(self) -> None:
+        for reader in (self._voice, self._bed):
+            if reader is not None:
+                reader.close()
 
     def block(self, start: int, n: int) -> np.ndarray:
         p = self.plan
@@ -207,14 +214,21 @@ class Mixer:
             gain = envelopes.fade_gain(start, n, p.total_frames, p.bed_fade_in_frames, p.fade_out_frames)
             gain *= np.float32(self._bed_gain)
             if self.duck_curve is not None:
-                gain *= ducking.duck_gain_block(self.duck_curve, p.voice.hop_frames, start, n)  # type: ignore[union-attr]
+                hop = p.voice.hop_frames  # type: ignore[union-attr]
+                # only the stretch of the curve this block spans (interpolating the whole curve per block
+                # cost more than the mix itself on long programs)
+                first = max(0, min(start // hop, len(self.duck_curve) - 1))
+                part = self.duck_curve[first:(start + n) // hop + 2]
+                gain *= ducking.duck_gain_block(part, hop, start - first * hop, n)
             mix += bed * gain[:, None]
         if p.tones:
-            # one fade shared by every tone layer, computed once per block
-            fade = envelopes.fade_gain(start, n, p.total_frames, p.tone_fade_frames,
-                                       max(p.tone_fade_frames, p.fade_out_frames))[:, None]
-            for tone in p.tones:
-                mix += tones.tone_block(tone.params, p.sample_rate, start, n) * fade
+            tone_sum = tones.tone_block(p.tones[0].params, p.sample_rate, start, n)
+            for tone in p.tones[1:]:
+                tone_sum += tones.tone_block(tone.params, p.sample_rate, start, n)
+            fade_in, fade_out = p.tone_fade_frames, max(p.tone_fade_frames, p.fade_out_frames)
+            if start < fade_in or start + n > p.total_frames - fade_out:  # one fade shared by every tone
+                tone_sum *= envelopes.fade_gain(start, n, p.total_frames, fade_in, fade_out)[:, None]
+            mix += tone_sum
         return mix
 
     def _voice_block(self, start: int, n: int) -> np.ndarray:
@@ -225,7 +239,7 @@ class Mixer:
         lo = max(0, -offset)
         hi = min(n, v.frames - offset)
         if hi > lo:
-            out[lo:hi] = read_frames(v.path, offset + lo, hi - lo, 1)
+            out[lo:hi] = self._voice.read(offset + lo, hi - lo)  # type: ignore[union-attr]
         return out
 
     def _bed_block(self, start: int, n: int) -> np.ndarray:
@@ -233,7 +247,7 @@ class Mixer:
         assert bed is not None
         length, xfade = bed.frames, self._xfade
         if not bed.loop or length - xfade <= 0 or start + n <= length:
-            return read_frames(bed.path, start, n, 2)
+            return self._bed.read(start, n)  # type: ignore[union-attr]
         # Looped timeline: period P = length - xfade; each new cycle's first `xfade` frames cross-fade
         # (equal power) from the previous cycle's tail, so the loop point is seamless.
         period = length - xfade
@@ -242,10 +256,10 @@ class Mixer:
         while filled < n:
             cycle, offset = divmod(start + filled, period)
             seg = min(n - filled, period - offset)
-            part = read_frames(bed.path, offset, seg, 2)
+            part = self._bed.read(offset, seg)  # type: ignore[union-attr]
             if cycle > 0 and offset < xfade:
                 m = min(seg, xfade - offset)
-                tail = read_frames(bed.path, period + offset, m, 2)
+                tail = self._bed.read(period + offset, m)  # type: ignore[union-attr]
                 part[:m] = (part[:m] * self._fade_in_curve[offset:offset + m, None]
                             + tail * self._fade_out_curve[offset:offset + m, None])
             out[filled:filled + seg] = part
@@ -378,6 +392,14 @@ def master(plan: MasterPlan, out_path: Path, *, on_mix: Progress | None = None,
            on_verify: Progress | None = None) -> MasterOutcome:
     """Render, measure the delivered file, and re-render with the measured correction if needed."""
     mixer = Mixer(plan)
+    try:
+        return _master(plan, mixer, out_path, on_mix=on_mix, on_verify=on_verify)
+    finally:
+        mixer.close()
+
+
+def _master(plan: MasterPlan, mixer: Mixer, out_path: Path, *, on_mix: Progress | None,
+            on_verify: Progress | None) -> MasterOutcome:
     notes: list[str] = []
     if plan.program_mode:
         measured = measure_mix(plan, mixer, on_verify)

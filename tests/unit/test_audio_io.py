@@ -363,3 +363,21 @@ def test_ffmpeg_is_the_bundled_one() -> None:
 
     assert ffmpeg_exe() == imageio_ffmpeg.get_ffmpeg_exe()
     assert isinstance(audio_io._resample_filter(), str)
+
+
+def test_frame_reader_reads_any_span_zero_padded_and_channel_mapped(tmp_path: Path) -> None:
+    from mindscript.audio_io import FrameReader
+
+    x = np.linspace(-0.5, 0.5, 1000, dtype=np.float32)[:, None]
+    path = write_wav_f32(tmp_path / "m.wav", x, 8000)
+    mono, stereo = FrameReader(path, 1), FrameReader(path, 2)
+    try:
+        assert mono.frames == 1000
+        np.testing.assert_array_equal(mono.read(10, 5), x[10:15])
+        np.testing.assert_array_equal(stereo.read(990, 20)[:10], np.repeat(x[990:], 2, axis=1))
+        assert not stereo.read(990, 20)[10:].any()  # past the end: silence, not an error
+        assert mono.read(5000, 8).shape == (8, 1) and not mono.read(5000, 8).any()
+        np.testing.assert_array_equal(mono.read(0, 3), x[:3])  # seeking back works
+    finally:
+        mono.close()
+        stereo.close()
