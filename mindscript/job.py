@@ -8,12 +8,14 @@ validation message names the field by its JSON path and quotes the offending val
 from __future__ import annotations
 
 import json
+import math
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AliasGenerator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -41,7 +43,21 @@ BINAURAL_BANDS: dict[str, tuple[float, float]] = {
 # low-pass settings that audibly smear a binaural beat's interaural difference.
 MP3_BITRATES_KBPS: dict[str, int] = {"low": 128, "medium": 160, "high": 192}
 
-JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Matched with fullmatch: "$" would also accept a trailing newline ("job-1\n").
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+# How much of an offending value a validation message quotes.
+QUOTE_LIMIT = 120
+
+
+def _not_bool(value: Any) -> Any:
+    # pydantic's lax mode reads true/false as 1/0; a boolean where a number belongs is a client bug.
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_not_bool)]
 
 
 class _Model(BaseModel):
@@ -56,7 +72,7 @@ class _Model(BaseModel):
 
 class _Layer(_Model):
     enabled: bool = False
-    gain_db: float | None = Field(default=None, ge=-60.0, le=12.0)
+    gain_db: Number | None = Field(default=None, ge=-60.0, le=12.0)
 
 
 class VoiceLayer(_Layer):
@@ -64,7 +80,7 @@ class VoiceLayer(_Layer):
     provider: Literal["local", "openai", "elevenlabs", "upload"] | None = None
     voice_code: str | None = Field(default=None, max_length=200)
     model: str | None = Field(default=None, max_length=100)
-    speed: float = Field(default=1.0, ge=0.5, le=2.0)
+    speed: Number = Field(default=1.0, ge=0.5, le=2.0)
     instructions: str | None = Field(default=None, max_length=4000)
 
 
@@ -74,7 +90,7 @@ class BackgroundLayer(_Layer):
 
 
 class SolfeggioLayer(_Layer):
-    hz: float = 528.0
+    hz: Number = 528.0
 
     @field_validator("hz")
     @classmethod
@@ -86,8 +102,8 @@ class SolfeggioLayer(_Layer):
 
 class BinauralLayer(_Layer):
     band: Literal["delta", "theta", "alpha", "beta", "gamma"] = "theta"
-    beat_hz: float | None = None
-    carrier_hz: float = 200.0
+    beat_hz: Number | None = None
+    carrier_hz: Number = 200.0
 
     @field_validator("carrier_hz")
     @classmethod
@@ -123,7 +139,7 @@ class Layers(_Model):
 class ProjectData(_Model):
     script_text: str = Field(default="", max_length=200_000)
     voice_ref: str | None = Field(default=None, max_length=4096)
-    duration_min: float
+    duration_min: Number
     layers: Layers = Layers()
 
     @field_validator("duration_min")
@@ -162,7 +178,7 @@ class RenderJob(_Model):
     @classmethod
     def _safe_id(cls, value: str) -> str:
         # The id becomes part of workspace paths and storage keys: keep it to a safe alphabet.
-        if not JOB_ID_PATTERN.match(value):
+        if not JOB_ID_PATTERN.fullmatch(value):
             raise ValueError("must be 1-128 characters of letters, digits, '.', '_' or '-', not starting with a symbol")
         return value
 
@@ -211,9 +227,26 @@ def format_validation_error(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def _quote(value: Any) -> str:
-    text = repr(value) if not isinstance(value, dict | list) else json.dumps(value, default=str)
-    return text if len(text) <= 120 else text[:117] + "..."
+def _quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
+    """The offending value for a message: JSON for objects and arrays, ``repr`` otherwise, at most ``limit``
+    characters. Bounded work for any input: huge strings are cut before ``repr``, containers are encoded
+    lazily and only up to the limit (deeply nested input never reaches the recursion limit)."""
+    try:
+        if isinstance(value, dict | list):
+            text = ""
+            for chunk in json.JSONEncoder(skipkeys=True, default=repr).iterencode(value):
+                text += chunk
+                if len(text) > limit:
+                    break
+        elif isinstance(value, str | bytes):
+            text = repr(value[: limit + 1])
+        elif isinstance(value, int) and value.bit_length() > 10_000:  # repr refuses past 4300 digits
+            text = f"<an integer of about {math.floor(value.bit_length() * math.log10(2)) + 1} digits>"
+        else:
+            text = repr(value)
+    except (ValueError, TypeError, RecursionError):  # e.g. an int past the int-to-str digit limit
+        text = f"<{type(value).__name__} that cannot be shown>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_job(data: Any, *, max_duration_minutes: float | None = None) -> RenderJob:
