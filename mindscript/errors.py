@@ -61,6 +61,12 @@ class AssetTooLarge(PermanentError):
     code = "ASSET_TOO_LARGE"
 
 
+class AssetRefused(PermanentError):
+    """A download the network policy forbids: scheme, host, private or metadata address, too many redirects."""
+
+    code = "ASSET_REFUSED"
+
+
 class DownloadFailed(TransientError):
     code = "DOWNLOAD_FAILED"
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from mindscript import assets, audio_io
 from mindscript.dsp import loudness, tones
-from mindscript.errors import InvalidAudio
+from mindscript.errors import InvalidAudio, RenderError
 from mindscript.job import RenderJob
 from mindscript.settings import Settings
 
@@ -72,11 +72,15 @@ def prepare_background(
         raise InvalidAudio(f"{field}: no track given (got None)")
     src = assets.fetch(layer.track_url, workspace, name="background-src", max_bytes=settings.max_asset_bytes,
                        timeout_s=settings.download_timeout_s, allow_local=allow_local, base_dir=base_dir,
-                       field=field)
-    max_s = settings.max_duration_minutes * 60.0 + 60.0
-    info = audio_io.decode_to_wav(src, workspace / "background.wav", sample_rate=sample_rate, channels=2,
-                                  max_duration_s=max_s)
-    src.unlink(missing_ok=True)
+                       field=field, policy=assets.FetchPolicy.from_settings(settings))
+    max_s = settings.max_duration_minutes * 60.0 + 60.0  # a tiny file can decode to hours: stop past this
+    try:
+        info = audio_io.decode_to_wav(src, workspace / "background.wav", sample_rate=sample_rate, channels=2,
+                                      max_duration_s=max_s)
+    except RenderError as exc:  # InvalidAudio, AssetTooLarge: say which field and source, not a workspace path
+        raise assets.for_field(exc, field=field, source=layer.track_url, local=src) from exc
+    finally:
+        src.unlink(missing_ok=True)
     meter = loudness.meter_init(sample_rate, 2)
     for block in audio_io.iter_blocks(info.path, 1 << 16):
         meter = loudness.meter_update(meter, block)

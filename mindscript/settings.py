@@ -6,6 +6,7 @@ POLL_INTERVAL and IDLE_TIMEOUT are milliseconds); every variable is documented i
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -62,6 +63,13 @@ class Settings(BaseSettings):
         default=False, description="Accept local file paths as track/recording sources (CLI renders only)."
     )
     asset_base_dir: Path | None = Field(default=None, description="Base for relative asset paths.")
+    allow_http_assets: bool = Field(default=False, description="Accept plain http:// asset URLs (https only).")
+    asset_host_allowlist: str = Field(
+        default="", description="Comma-separated hosts downloads may use ('*.example.com': subdomains); '' = any.")
+    asset_allow_private_networks: str = Field(
+        default="", description="Comma-separated CIDRs exempt from the private-address refusal (tests, mirrors).")
+    asset_ca_bundle: Path | None = Field(default=None, description="CA bundle for https downloads (PEM).")
+    download_deadline_s: float = Field(default=600.0, gt=0, description="Whole download incl. redirects, s.")
 
     # storage and workspace
     storage_backend: Literal["local", "supabase", "s3"] = "local"
@@ -189,6 +197,18 @@ class Settings(BaseSettings):
         parts = value.split("/")[:-1]
         if value.startswith("/") or "\\" in value or any(p in ("", ".", "..") for p in parts):
             raise ValueError(f"RECORDINGS_PREFIX must be a relative folder like 'uploads/', got {value!r}")
+        return value
+
+    @field_validator("asset_allow_private_networks")
+    @classmethod
+    def _cidrs(cls, value: str) -> str:
+        for item in (i.strip() for i in value.split(",")):
+            if not item:
+                continue
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"ASSET_ALLOW_PRIVATE_NETWORKS: {item!r} is not an IP network (CIDR)") from None
         return value
 
     @field_validator("storage_dir", "work_dir")

@@ -28,7 +28,11 @@ def recording(seconds: float = 12.0, rate: int = 48000, level: float = 0.02) -> 
 
 
 @pytest.fixture
-def file_server(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
+def file_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, list[str]]]:
+    # A plain-http loopback server: both need an explicit allowance (https and public addresses only by default).
+    monkeypatch.setenv("ALLOW_HTTP_ASSETS", "true")
+    monkeypatch.setenv("ASSET_ALLOW_PRIVATE_NETWORKS", "127.0.0.1/32")
+    get_settings.cache_clear()
     served = tmp_path / "served"
     served.mkdir()
     hits: list[str] = []
