@@ -68,7 +68,9 @@ def ensure(duration_s: float | None = None) -> Inputs:
     wanted = [*inp.all(), *([voice_for(duration_s)] if duration_s else [])]
     if not all(p.exists() for p in wanted):
         cmd = [sys.executable, str(Path(__file__).resolve())]
-        subprocess.run(cmd + (["--duration", str(duration_s)] if duration_s else []), check=True, cwd=ROOT)
+        # its listing goes to stderr: a benchmark's stdout is its one JSON line
+        subprocess.run(cmd + (["--duration", str(duration_s)] if duration_s else []), check=True, cwd=ROOT,
+                       stdout=sys.stderr)
     return inp
 
 

@@ -45,8 +45,8 @@ from bench._harness import ChildRun, append_section, ebur128, machine, median_sp
 CACHE = bench_inputs.CACHE
 HERE = Path(__file__).resolve()
 PEERS = ROOT / "bench" / "peers.py"
-JOB_LINE = ("Job: voice WAV (9 min speech-like) + looped music MP3 + Solfeggio 528 Hz + binaural 200/207 Hz, "
-            "MP3 192k CBR LAME q3.")
+JOB_LINE = ("Job: voice WAV (9 min speech-like, cut for shorter jobs) + looped music MP3 + Solfeggio 528 Hz + "
+            "binaural 200/207 Hz, MP3 192k CBR LAME q3.")
 
 
 def inputs(duration_s: float | None = None) -> tuple[Path, Path]:
