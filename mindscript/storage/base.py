@@ -24,7 +24,7 @@ from mindscript.errors import AssetTooLarge, StorageBucketRejected, StorageError
 log = logging.getLogger(__name__)
 
 CONTENT_TYPES = {"mp3": "audio/mpeg", "wav": "audio/wav"}
-_SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SAFE_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch only: `$` would let "id\n" through
 ProgressCallback = Callable[[float], None]
 T = TypeVar("T")
 
@@ -135,8 +135,10 @@ def render_key(job_id: str, sha256: str, ext: str, day: date | None = None) -> s
 
     Never overwriting a path matters because CDNs cache by path.
     """
-    if not _SAFE_SEGMENT.match(job_id):
-        raise ValueError(f"job id {job_id!r} is not safe as a storage key segment")
+    if not isinstance(job_id, str) or not _SAFE_SEGMENT.fullmatch(job_id):
+        shown = repr(job_id)
+        shown = shown if len(shown) <= 150 else f"{shown[:130]}...({len(shown)} characters)"
+        raise ValueError(f"job id {shown} is not safe as a storage key segment (1-128 of A-Z a-z 0-9 . _ -)")
     if ext not in CONTENT_TYPES:
         raise ValueError(f"unknown output extension {ext!r}")
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):

@@ -21,10 +21,17 @@ class LocalStorage:
     def resolve(self, key: str) -> Path:
         """The file for ``key``; refuses any key that would escape the root.
 
-        Refused: empty, absolute, backslashes, NUL, ``..``/``.`` segments, and percent-encoded forms of any
-        of these (``%2e%2e%2f``): a key that means something else once a server or CDN decodes it is not a
-        key this storage should hold.
+        Refused: empty, absolute, backslashes, NUL and other control characters, ``..``/``.`` segments,
+        percent-encoded forms of any of these (``%2e%2e%2f``): a key that means something else once a server
+        or CDN decodes it is not a key this storage should hold; and keys over S3's 1024 bytes or with a
+        segment over 255 bytes (a file name the file system would refuse half-way through ``put``).
         """
+        shown = key if len(key) <= 150 else f"{key[:130]}...({len(key)} characters)"
+        if len(key.encode("utf-8", "surrogatepass")) > 1024 or any(
+                len(part.encode("utf-8", "surrogatepass")) > 255 for part in key.split("/")):
+            raise StorageRejected(f"storage key {shown!r} is too long (1024 bytes, 255 per segment)")
+        if any(ord(c) < 32 or ord(c) == 127 for c in key):
+            raise StorageRejected(f"storage key {shown!r} contains control characters")
         decoded = key
         for _ in range(3):  # double-encoded (%252e) too
             decoded = urllib.parse.unquote(decoded)
