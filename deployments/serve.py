@@ -39,6 +39,7 @@ class WorkerState:
         self.worker_id = worker_id
         self.started = time.monotonic()
         self.status = "starting"
+        self.pool: Any = None  # deployments.warm.WarmPool when warm processes are on
 
     def uptime(self) -> float:
         return round(time.monotonic() - self.started, 3)
@@ -67,7 +68,10 @@ def _stats(state: WorkerState) -> tuple[int, dict[str, Any]]:
                  "averageProcessingTime": s.get("avgProcessingSeconds"),
                  "currentlyProcessing": len(queue.active(state.worker_id)), "pending": s.get("pending"),
                  "finished": finished, "oldestPendingSeconds": s.get("oldestPendingSeconds"),
-                 "uptime": state.uptime()}
+                 "uptime": state.uptime(),
+                 # which process renders which flow run (kill one by hand, or find it in `ps`)
+                 "renders": [{"flowRunId": run_id, "pid": pid}
+                             for run_id, pid in (state.pool.running() if state.pool else {}).items()]}
 
 
 def start_health_server(state: WorkerState, port: int) -> ThreadingHTTPServer:
@@ -97,6 +101,7 @@ async def serve() -> int:
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.runner import Runner
 
+    from deployments import warm
     from flows.ingest import ingest_queue
     from flows.render import render_job
     from mindscript.settings import get_settings
@@ -119,8 +124,14 @@ async def serve() -> int:
     # Renders are bounded by the claim (MAX_JOBS rows per worker); the extra slot is for a manually triggered
     # ingest run. The ingest deployment is served without a schedule: this process ingests in-process every
     # POLL_INTERVAL (see _ingest_loop), so ingest runs never queue up in front of renders for runner slots.
-    runner = Runner(name=settings.worker_id, limit=settings.max_jobs + 1, pause_on_shutdown=False)
-    await runner.aadd_deployment(await render_job.ato_deployment(name="render"))
+    # The runner's own poll picks up runs started from the UI; runs this process submits are picked up at once
+    # (see poll_now below), not after up to a whole poll period.
+    runner = Runner(name=settings.worker_id, limit=settings.max_jobs + 1, pause_on_shutdown=False,
+                    query_seconds=max(1.0, settings.poll_interval / 1000))
+    # Served as an in-memory flow, its runs start through run_flow_in_subprocess, which the warm pool feeds
+    # with interpreters that have already imported the render (see deployments/warm.py).
+    await runner.aadd_flow(render_job, name="render")
+    pool = state.pool = warm.install(settings.max_jobs) if settings.warm_processes else None
     ingest_id = await runner.aadd_deployment(await ingest_queue.ato_deployment(
         name="ingest", parameters={"max_jobs": settings.max_jobs},
         concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)))
@@ -136,18 +147,29 @@ async def serve() -> int:
     log.info("worker %s serving (max %s jobs, poll %s ms, health on :%s)", settings.worker_id, settings.max_jobs,
              settings.poll_interval, settings.health_port)
 
-    def ingest_once() -> None:
+    def ingest_once() -> bool:
+        """One ingest; True when it created flow runs for this runner to start."""
         try:
             out = ingest_queue(max_jobs=settings.max_jobs, deployment=RENDER_DEPLOYMENT)
         except Exception as exc:  # noqa: BLE001 - the Prefect API or the queue blipped: next poll retries
             log.warning("ingest failed: %s: %s", type(exc).__name__, exc)
-            return
+            return False
         if out.get("claimed") or out.get("requeued") or out.get("reconciled"):
             log.info("ingest: %s", out)
+        return bool(out.get("submitted"))
+
+    async def poll_now() -> None:
+        poll = getattr(runner, "_get_and_submit_flow_runs", None)  # Prefect 3's runner; else its own poll
+        if poll is not None:
+            try:
+                await poll()
+            except Exception as exc:  # noqa: BLE001 - the runner's regular poll picks the runs up anyway
+                log.debug("immediate runner poll failed: %s", exc)
 
     idle_since = time.monotonic()
     while not stop.is_set() and not runner_task.done():
-        await asyncio.to_thread(ingest_once)
+        if await asyncio.to_thread(ingest_once):
+            await poll_now()
         try:
             await asyncio.wait_for(stop.wait(), timeout=settings.poll_interval / 1000)
         except TimeoutError:
@@ -178,6 +200,7 @@ async def serve() -> int:
         await runner_task
     except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
         pass
+    warm.uninstall(pool)
     health.shutdown()
     queue.close()
     log.info("worker %s stopped (%s job(s) given back to the queue)", settings.worker_id, len(released))

@@ -4,8 +4,8 @@ The flow only sequences: workspace, layers (voice, background and each tone conc
 result. A tone or background layer that fails is skipped with a warning; anything else fails the run.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Prefect pickles the flow function by value for served runs,
+# and string annotations would then name classes its globals do not carry (RenderJob).
 import sys
 from pathlib import Path
 

@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     poll_interval: int = Field(default=5000, ge=100, description="Queue poll interval, ms.")
     idle_timeout: int = Field(default=0, ge=0, description="Stop after this long idle, ms (0 = never).")
     health_port: int = Field(default=8080, ge=0, le=65535)
+    warm_processes: bool = Field(
+        default=True, description="serve.py starts renders in pre-imported interpreters (MAX_JOBS kept warm).")
 
     # rendering
     target_lufs: float = Field(default=-16.0, ge=-40.0, le=-5.0)
@@ -108,6 +110,9 @@ class Settings(BaseSettings):
     tts_concurrency_openai: int = Field(default=8, ge=1, le=64)
     tts_concurrency_elevenlabs: int = Field(default=2, ge=1, le=64)
     tts_concurrency_local: int = Field(default=1, ge=1, le=64)
+    tts_global_limits: bool = Field(
+        default=True, description="Bound OpenAI/ElevenLabs requests across all workers with the Prefect global "
+                                  "concurrency limits tts-<provider>, sized by TTS_CONCURRENCY_<PROVIDER>.")
     tts_retries: int = Field(default=3, ge=0, le=10)
     tts_retry_delay_s: float = Field(default=2.0, ge=0.0, le=120.0, description="First retry delay; doubles.")
     tts_timeout_s: float = Field(default=120.0, gt=0)
@@ -132,7 +137,8 @@ class Settings(BaseSettings):
         return tuple(dict.fromkeys(n for n in names if n and n != "none"))
 
     def tts_concurrency(self, provider: str) -> int:
-        """How many requests to ``provider`` one worker process runs at once."""
+        """How many requests to ``provider`` run at once: across all workers (global limit) for the cloud
+        vendors, per worker process for the local voice."""
         return int(getattr(self, f"tts_concurrency_{provider}", 4))
 
     def tts_price_per_million(self, provider: str, model: str | None) -> float:

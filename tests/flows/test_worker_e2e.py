@@ -80,7 +80,11 @@ class Worker:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
     def render_process(self, flow_run_id: uuid.UUID) -> psutil.Process | None:
-        """The child process running ``flow_run_id`` (the runner passes the id in the environment)."""
+        """The child process running ``flow_run_id``: from /stats (warm processes), else from its environment."""
+        _, stats = self.get("/stats")
+        for render in stats.get("renders", []):
+            if render["flowRunId"] == str(flow_run_id):
+                return psutil.Process(render["pid"])
         for child in psutil.Process(self.proc.pid).children(recursive=True):
             try:
                 env = child.environ()
