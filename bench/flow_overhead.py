@@ -4,9 +4,9 @@ directly.
     python bench/flow_overhead.py --runs 5 --duration 60            # temporary Prefect server (or PREFECT_API_URL)
     python bench/flow_overhead.py --runs 5 --duration 60 --record   # and append the section to bench/RESULTS.md
 
-Served: a child process serves the ``render_job`` flow the way deployments/serve.py does (a ``Runner`` with
-the deployment from ``render_job.ato_deployment``; each flow run is a ``python -m prefect.engine`` process
-the runner starts), under a deployment name of its own. The runner is warmed by one run, then ``--runs``
+Served: a child process serves the ``render_job`` flow the way deployments/serve.py does (a ``Runner`` serving
+the in-memory flow; each flow run runs in one of deployments/warm.py's pre-imported interpreters), under a
+deployment name of its own. The runner is warmed by one run, then ``--runs``
 runs of the benchmark job are triggered one after another with ``run_deployment``. For each, from the flow
 run's state timestamps: flow-run wall = Scheduled (created) to Completed; the render's own time = the sum of
 its stage timings (the result's ``metadata.timings``); overhead = the difference, split into pickup
@@ -64,12 +64,18 @@ async def serve(poll_s: int) -> None:
     """Child: serve the render flow like deployments/serve.py (no queue, no ingest) until SIGTERM."""
     from prefect.runner import Runner
 
+    from deployments import warm
     from flows.render import render_job
 
     runner = Runner(name=f"bench-overhead-{os.getpid()}", limit=2, pause_on_shutdown=False, query_seconds=poll_s)
-    await runner.aadd_deployment(await render_job.ato_deployment(name=DEPLOYMENT))
+    # as serve.py: an in-memory flow (run_flow_in_subprocess) fed by warm interpreters
+    await runner.aadd_flow(render_job, name=DEPLOYMENT)
+    pool = warm.install(1)
     print("ready", flush=True)
-    await runner.start()
+    try:
+        await runner.start()
+    finally:
+        warm.uninstall(pool)
 
 
 def direct(runs: int, duration_s: float) -> None:
@@ -215,8 +221,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=5, help="served runs and direct calls, each after a warm-up")
     p.add_argument("--duration", type=float, default=60.0, help="the job's length in seconds")
-    p.add_argument("--poll-seconds", type=int, default=None,
-                   help="the runner's poll interval (default: PREFECT_RUNNER_POLL_FREQUENCY, Prefect's 10 s)")
+    p.add_argument("--poll-seconds", type=int, default=1,
+                   help="the runner's poll interval (serve.py polls every second; Prefect's default is 10 s)")
     p.add_argument("--record", action="store_true", help="append the section to bench/RESULTS.md")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--direct", type=int, default=None, help=argparse.SUPPRESS)

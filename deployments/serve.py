@@ -124,10 +124,10 @@ async def serve() -> int:
     # Renders are bounded by the claim (MAX_JOBS rows per worker); the extra slot is for a manually triggered
     # ingest run. The ingest deployment is served without a schedule: this process ingests in-process every
     # POLL_INTERVAL (see _ingest_loop), so ingest runs never queue up in front of renders for runner slots.
-    # The runner's own poll picks up runs started from the UI; runs this process submits are picked up at once
-    # (see poll_now below), not after up to a whole poll period.
+    # The runner polls Prefect every second (its default, 10 s, was most of a short render's overhead) for runs
+    # started from the UI or run_deployment; runs this process submits are picked up at once (poll_now below).
     runner = Runner(name=settings.worker_id, limit=settings.max_jobs + 1, pause_on_shutdown=False,
-                    query_seconds=max(1.0, settings.poll_interval / 1000))
+                    query_seconds=1.0)
     # Served as an in-memory flow, its runs start through run_flow_in_subprocess, which the warm pool feeds
     # with interpreters that have already imported the render (see deployments/warm.py).
     await runner.aadd_flow(render_job, name="render")
