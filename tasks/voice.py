@@ -6,8 +6,9 @@
   store before calling the provider, so audio that is already stored is never billed again even when
   Prefect's own record is gone.
 * Two renders of one script at once: SERIALIZABLE isolation with a lock manager (file locks in the cache
-  directory; Redis via prefect-redis when REDIS_URL is set), so the second waits on the first's lock and then
-  reads its record instead of synthesizing the chunk again.
+  directory; Redis via prefect-redis when REDIS_URL is set, for workers on different hosts), so the second
+  waits on the first's lock and then reads its record (or the shared store) instead of synthesizing again.
+  Both kinds of lock expire, so a worker killed while holding one cannot block that chunk for ever.
 * Concurrency: chunk tasks are submitted together; a per-provider semaphore sized by TTS_CONCURRENCY_<NAME>
   bounds the provider requests in this process (no Prefect server-side limit needed, so the CLI's ephemeral
   server and the test harness work unchanged). Results are collected in submission order.
@@ -89,13 +90,39 @@ class _ExpiringFileLocks(FileSystemLockManager):
         return await super().aacquire_lock(key, holder, acquire_timeout, hold_timeout or self.default_hold_timeout)
 
 
+def _expiring_redis_locks(connection_url: str, hold_timeout: float) -> Any:
+    from prefect_redis import RedisLockManager
+
+    class ExpiringRedisLocks(RedisLockManager):
+        """prefect-redis locks with a default hold timeout (Prefect passes none: a lock would never expire)."""
+
+        def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
+                         hold_timeout: float | None = None) -> bool:
+            return super().acquire_lock(key, holder, acquire_timeout, hold_timeout or hold_timeout_default)
+
+        async def aacquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
+                                hold_timeout: float | None = None) -> bool:
+            return await super().aacquire_lock(key, holder, acquire_timeout, hold_timeout or hold_timeout_default)
+
+        def __reduce__(self) -> Any:  # a class made here: pickle it by how it is made
+            return _expiring_redis_locks, (connection_url, hold_timeout)
+
+    hold_timeout_default = hold_timeout
+    return ExpiringRedisLocks(connection_url=connection_url)
+
+
+_REDIS_LOCKS: dict[tuple[str, float], Any] = {}
+
+
 def _lock_manager(settings: Settings) -> Any:
     # Long enough for every attempt of one chunk, with their backoff.
     hold = (settings.tts_timeout_s + settings.tts_retry_delay_s * 8) * (settings.tts_retries + 1)
     if settings.redis_url is not None:
-        from prefect_redis import RedisLockManager
-
-        return RedisLockManager(connection_url=settings.redis_url.get_secret_value())
+        url = settings.redis_url.get_secret_value()
+        with _SEMAPHORES_LOCK:  # one manager (one connection pool) per Redis and hold time in this process
+            if (url, hold) not in _REDIS_LOCKS:
+                _REDIS_LOCKS[(url, hold)] = _expiring_redis_locks(url, hold)
+            return _REDIS_LOCKS[(url, hold)]
     return _ExpiringFileLocks(settings.tts_cache_dir / ".locks", hold)
 
 
