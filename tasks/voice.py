@@ -9,9 +9,13 @@
   directory; Redis via prefect-redis when REDIS_URL is set, for workers on different hosts), so the second
   waits on the first's lock and then reads its record (or the shared store) instead of synthesizing again.
   Both kinds of lock expire, so a worker killed while holding one cannot block that chunk for ever.
-* Concurrency: chunk tasks are submitted together; a per-provider semaphore sized by TTS_CONCURRENCY_<NAME>
-  bounds the provider requests in this process (no Prefect server-side limit needed, so the CLI's ephemeral
-  server and the test harness work unchanged). Results are collected in submission order.
+* Concurrency: chunk tasks are submitted together; a provider request holds a slot of the Prefect global
+  concurrency limit ``tts-<provider>`` (OpenAI, ElevenLabs), which this module creates or resizes to
+  TTS_CONCURRENCY_<NAME> when a render starts, so the bound holds across every worker process on that
+  Prefect API (the vendor's limit is per account, not per process). A per-process semaphore of the same size
+  is taken first: waiting threads do not poll the API, and it is the whole bound when TTS_GLOBAL_LIMITS is
+  off, when the API cannot create limits, or when an operator deleted or deactivated the limit. The local
+  voice (CPU-bound, per machine) has only the semaphore. Results are collected in submission order.
 * Retries: TTS_RETRIES (3) with exponential backoff and jitter, only for ``TransientError`` (the SDK clients
   never retry by themselves).
 """
@@ -22,7 +26,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,7 +45,8 @@ from mindscript.settings import Settings, get_settings
 from mindscript.tts.cache import AudioStore, ChunkRef, LocalAudioStore, S3AudioStore, fetch_or_synthesize
 from mindscript.voice import ChunkSpec, VoiceChoice, VoiceStem
 
-__all__ = ["audio_store", "synthesize_chunk", "synthesize_chunks", "voice_track"]
+__all__ = ["audio_store", "ensure_provider_limit", "provider_slot", "synthesize_chunk", "synthesize_chunks",
+           "voice_track"]
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +54,92 @@ _SEMAPHORES: dict[tuple[str, int], threading.BoundedSemaphore] = {}
 _SEMAPHORES_LOCK = threading.Lock()
 
 
+# Vendors whose concurrency is an account-wide quota: bounded across workers. espeak-ng runs on this CPU.
+GLOBAL_LIMIT_PROVIDERS = ("openai", "elevenlabs")
+# Prefect's minimum. The holder renews the lease while the request runs; a killed worker's slot comes back
+# within this long.
+LEASE_S = 60.0
+_LIMITS: dict[tuple[str, str], int] = {}  # (Prefect API, limit name) -> size this process made sure of
+_LIMITS_FAILED: dict[tuple[str, str], float] = {}  # -> when the API last refused (asked again a minute later)
+_LIMITS_LOCK = threading.Lock()
+
+
 def _gate(provider: str, size: int) -> threading.BoundedSemaphore:
     with _SEMAPHORES_LOCK:
         return _SEMAPHORES.setdefault((provider, size), threading.BoundedSemaphore(size))
+
+
+def limit_name(provider: str) -> str:
+    """The Prefect global concurrency limit that bounds ``provider``'s requests across workers."""
+    return f"tts-{provider}"
+
+
+def ensure_provider_limit(settings: Settings, provider: str) -> str | None:
+    """Create the global concurrency limit ``tts-<provider>`` or resize it to TTS_CONCURRENCY_<PROVIDER>.
+
+    Idempotent and cheap after the first call in a process (remembered per API and size). Returns the limit's
+    name, or None when the provider is not bounded globally (local voice, TTS_GLOBAL_LIMITS off) or the API
+    refused (the per-process semaphore is then the only bound, with a warning).
+    """
+    if not settings.tts_global_limits or provider not in GLOBAL_LIMIT_PROVIDERS:
+        return None
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.settings import PREFECT_API_URL
+
+    name, size = limit_name(provider), settings.tts_concurrency(provider)
+    memo = (str(PREFECT_API_URL.value() or "ephemeral"), name)
+    with _LIMITS_LOCK:
+        if _LIMITS.get(memo) == size:
+            return name
+        if time.monotonic() - _LIMITS_FAILED.get(memo, -LEASE_S) < LEASE_S:
+            return None
+        try:
+            with get_client(sync_client=True) as client:
+                try:
+                    client.upsert_global_concurrency_limit_by_name(name, size)
+                except ObjectAlreadyExists:  # another worker created it between our read and create
+                    client.upsert_global_concurrency_limit_by_name(name, size)
+        except Exception as exc:  # noqa: BLE001 - an API without global limits, or unreachable: degrade, say so
+            log.warning("could not create or resize the Prefect global concurrency limit %r (%s: %s); %s "
+                        "requests are bounded per worker process only (TTS_CONCURRENCY_%s=%d)", name,
+                        type(exc).__name__, exc, provider, provider.upper(), size)
+            _LIMITS_FAILED[memo] = time.monotonic()
+            return None
+        _LIMITS[memo] = size
+        log.info("Prefect global concurrency limit %r is %d (TTS_CONCURRENCY_%s)", name, size, provider.upper())
+        return name
+
+
+@contextmanager
+def provider_slot(provider: str, settings: Settings) -> Iterator[None]:
+    """Held around one provider request: this process's semaphore, then a slot of ``tts-<provider>``.
+
+    Released in reverse order, so within one process the global slot is free again before the next local
+    waiter asks for it (a single worker never waits on the API). If the slot cannot be had (API error), the
+    request goes ahead under the semaphore alone rather than failing a billed render on bookkeeping.
+    """
+    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
+    from prefect.concurrency.sync import concurrency
+
+    with _gate(provider, settings.tts_concurrency(provider)), ExitStack() as stack:
+        name = ensure_provider_limit(settings, provider)
+        if name is not None:
+            try:
+                stack.enter_context(concurrency(name, occupy=1, lease_duration=LEASE_S, holder=_holder()))
+            except ConcurrencySlotAcquisitionError as exc:
+                log.warning("no slot of global concurrency limit %r (%s); sending under the per-process "
+                            "bound only", name, exc)
+        yield
+
+
+def _holder() -> Any:
+    """This task run as the lease holder (shown by Prefect against the limit's active slots)."""
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+    from prefect.context import TaskRunContext
+
+    ctx = TaskRunContext.get()
+    return ConcurrencyLeaseHolder(type="task_run", id=ctx.task_run.id) if ctx is not None else None
 
 
 def audio_store(settings: Settings) -> AudioStore:
@@ -154,7 +243,7 @@ def synthesize_chunk(spec: ChunkSpec) -> ChunkRef:
     provider = factories[spec.provider]()
     try:
         return fetch_or_synthesize(store, spec.key, provider, spec.request, spec.audio_format,
-                                   gate=_gate(spec.provider, settings.tts_concurrency(spec.provider)))
+                                   gate=provider_slot(spec.provider, settings))
     finally:
         close = getattr(provider, "close", None)
         if close is not None:
@@ -169,6 +258,8 @@ def synthesize_chunks(specs: Sequence[ChunkSpec], settings: Settings, *,
     left running when the caller falls back to another provider.
     """
     store = audio_store(settings)
+    for provider in {spec.provider for spec in specs}:
+        ensure_provider_limit(settings, provider)  # at render start, before any chunk waits for a slot
     configured = synthesize_chunk.with_options(
         cache_policy=chunk_cache_policy(settings, store),
         result_serializer="json",

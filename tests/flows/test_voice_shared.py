@@ -1,8 +1,13 @@
-"""Bounds and locks that hold across workers: the Redis lock manager of the TTS chunk cache (the real Redis
-at 127.0.0.1:6379)."""
+"""Bounds and locks that hold across workers: the Prefect global concurrency limit per provider (two worker
+processes against one Prefect API and one vendor server) and the Redis lock manager of the TTS chunk cache
+(the real Redis at 127.0.0.1:6379)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +18,8 @@ import pytest
 
 from mindscript.settings import get_settings
 from mindscript.voice import VoiceStem
-from tests.flows.test_voice import OPENAI_KEY, long_script, make_job, run
+from tests.conftest import ROOT
+from tests.flows.test_voice import OPENAI_KEY, SENTENCES, long_script, make_job, run
 from tests.servers import openai_server as oas
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -30,6 +36,135 @@ def vendor(worker_env: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[oas.Op
         get_settings.cache_clear()
         yield srv  # type: ignore[misc]
     get_settings.cache_clear()
+
+
+# -- the provider bound across worker processes -------------------------------------------------------------
+def _script(tag: str, n: int) -> str:
+    """``n`` distinct sentences (about two per chunk at TTS_CHUNK_SIZE=120), marked with ``tag``."""
+    return " ".join(f"{SENTENCES[i % len(SENTENCES)][:-1]}, {tag} {i}." for i in range(n))
+
+
+class GatedOpenAI(oas.OpenAIServer):
+    """Holds each request (counted as in flight) until every worker has sent one, or ``hold_s`` passed once:
+    the workers' requests overlap however much their start-up times differ on a loaded machine."""
+
+    def __init__(self, tags: tuple[str, ...], hold_s: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tags, self.hold_s = tags, hold_s
+        self.opened = threading.Event()
+        self._seen: set[str] = set()
+        self._seen_lock = threading.Lock()
+
+    def handle(self, req: Any) -> Any:
+        text = req.body.get("input", "") if isinstance(req.body, dict) else ""
+        with self._seen_lock:
+            self._seen.update(t for t in self.tags if f", {t} " in text)
+            if self._seen == set(self.tags):
+                self.opened.set()
+        self.opened.wait(self.hold_s)
+        self.opened.set()  # after one timeout the gate stays open
+        return super().handle(req)
+
+
+def _workers(tmp: Path, api_url: str, server: oas.OpenAIServer, scripts: dict[str, str],
+             extra_env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Run one ``tests.flows.voice_worker`` process per script at the same moment; their VoiceStem dicts."""
+    go = tmp / "go"
+    procs: dict[str, subprocess.Popen[str]] = {}
+    try:
+        for tag, script in scripts.items():
+            home = tmp / tag
+            home.mkdir()
+            job = tmp / f"{tag}.json"
+            job.write_text(json.dumps({"id": f"shared-{tag}", "payload": {"projectData": {
+                "scriptText": script, "voiceRef": "openai:nova", "durationMin": 30}}}))
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TTS_", "OPENAI_"))}
+            env.update(PREFECT_API_URL=api_url, PREFECT_HOME=str(home / "prefect"), PYTHONPATH=str(ROOT),
+                       PYTHONUNBUFFERED="1", OPENAI_API_KEY=OPENAI_KEY, OPENAI_BASE_URL=server.base_url,
+                       TTS_FALLBACK="", TTS_CHUNK_SIZE="120", TTS_RETRY_DELAY_S="0.01",
+                       WORK_DIR=str(home / "work"), STORAGE_DIR=str(home / "out"),
+                       TTS_CACHE_DIR=str(home / "tts-cache"),  # another host: its own cache, records and locks
+                       **extra_env)
+            procs[tag] = subprocess.Popen(
+                [sys.executable, "-m", "tests.flows.voice_worker", str(job), str(home / "ws"), str(go)],
+                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for tag, proc in procs.items():
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line.strip() == "READY", f"{tag}: {line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
+        go.touch()
+        results: dict[str, dict[str, Any]] = {}
+        for tag, proc in procs.items():
+            out, err = proc.communicate(timeout=300)
+            lines = [x for x in out.splitlines() if x.startswith("RESULT ")]
+            assert proc.returncode == 0 and lines, f"{tag} exited {proc.returncode}: {err[-3000:]}"
+            results[tag] = json.loads(lines[-1][len("RESULT "):])
+        return results
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+
+
+@pytest.mark.parametrize("global_limits", [True, False], ids=["global-limit", "per-process-only"])
+def test_two_worker_processes_share_the_provider_limit(prefect_server: str, worker_env: Path,
+                                                        global_limits: bool) -> None:
+    """Two workers, TTS_CONCURRENCY_OPENAI=3 each: with the global limit the vendor never sees more than 3
+    requests at once while both render; without it (the control) it sees up to 6."""
+    n = 24
+    with GatedOpenAI(("alpha", "beta"), 10.0, api_key=OPENAI_KEY, seconds_per_char=0.002) as server:
+        server.delay_s = 0.5
+        results = _workers(worker_env, prefect_server, server, {"alpha": _script("alpha", n),
+                                                                "beta": _script("beta", n)},
+                           {"TTS_CONCURRENCY_OPENAI": "3", "TTS_GLOBAL_LIMITS": str(global_limits).lower()})
+        requests = server.speech_requests()
+        peak = server.max_active
+    chunks = [r["chunks"] for r in results.values()]
+    assert all(r["provider"] == "openai" and r["cache_hits"] == 0 for r in results.values()), results
+    assert chunks[0] >= 8 and len(requests) == sum(chunks)
+    starts = {tag: [r.at for r in requests if f", {tag} " in r.body["input"]] for tag in results}
+    # Both workers were sending at the same time (else no bound would be tested): the windows overlap.
+    assert max(min(s) for s in starts.values()) < min(max(s) for s in starts.values())
+    if global_limits:
+        assert peak == 3, f"{peak} requests in flight at the vendor with a global limit of 3"
+    else:
+        assert peak > 3, f"control: only {peak} in flight without the global limit, so the test cannot tell"
+
+
+def test_limit_is_created_and_resized_from_settings(vendor: oas.OpenAIServer, worker_env: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.client.orchestration import get_client
+
+    monkeypatch.setenv("TTS_CHUNK_SIZE", "120")
+    for size in ("5", "2"):
+        monkeypatch.setenv("TTS_CONCURRENCY_OPENAI", size)
+        get_settings.cache_clear()
+        run(make_job(_script(f"size{size}", 4), "openai:nova"), worker_env, f"ws{size}")
+        with get_client(sync_client=True) as client:
+            limit = client.read_global_concurrency_limit_by_name("tts-openai")
+        assert limit.limit == int(size) and limit.active and limit.active_slots == 0  # every slot released
+
+
+def test_deleted_limit_falls_back_to_the_process_bound(vendor: oas.OpenAIServer, worker_env: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """An operator deletes the limit while the worker runs: requests still go out, bounded per process."""
+    from prefect.client.orchestration import get_client
+
+    monkeypatch.setenv("TTS_CHUNK_SIZE", "120")
+    monkeypatch.setenv("TTS_CONCURRENCY_OPENAI", "2")
+    get_settings.cache_clear()
+    run(make_job(_script("before", 2), "openai:nova"), worker_env, "a")  # this process now knows the limit
+    with get_client(sync_client=True) as client:
+        client.delete_global_concurrency_limit_by_name("tts-openai")
+    vendor.delay_s = 0.2
+    stem = run(make_job(_script("after", 12), "openai:nova"), worker_env, "b")
+    assert stem.chunks >= 5 and stem.cache_hits == 0 and vendor.max_active == 2
+    assert "do not exist" in caplog.text
 
 
 # -- Redis locks for the chunk cache ------------------------------------------------------------------------
