@@ -87,7 +87,10 @@ def submit(row: QueueJob, deployment: str = RENDER_DEPLOYMENT) -> str | None:
 
     try:
         job = parse_job(row.job_document())
-    except InvalidJob as exc:
+    except Exception as exc:  # one row's payload must never stop ingest
+        if not isinstance(exc, InvalidJob):  # parse_job raises only InvalidJob (fuzzed); keep the row's
+            log.exception("job %s: validating its payload raised %s", row.id, type(exc).__name__)
+            exc = InvalidJob(f"payload: could not be validated ({type(exc).__name__})", stage="INITIALIZING")
         get_queue().fail(row.id, row.attempts, exc.message, permanent=True, result=failure(exc))
         log.warning("job %s rejected: %s", row.id, exc.message)
         return None

@@ -7,6 +7,7 @@ A job is a row of ``public.audio_job_queue`` (supabase/migrations). Every write 
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -15,6 +16,62 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 Status = Literal["pending", "processing", "completed", "failed", "cancelled"]
 STATUSES: tuple[Status, ...] = ("pending", "processing", "completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A JSON column value the worker cannot decode; validation rejects it like any other wrong type."""
+
+    reason: str
+
+    def __repr__(self) -> str:
+        return f"<undecodable JSON: {self.reason}>"
+
+
+def _parse_int(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:  # past the int-from-string digit limit (4300): float() makes it inf, never raises
+        return float(text)
+
+
+# A valid payload is 4 levels deep (projectData.layers.voice.speed). Deeper structure can only sit in unknown
+# fields, and past a few hundred levels it breaks whatever walks it recursively: Python's JSON decoder, and
+# Prefect, which walks task inputs (a row is one) and raised RecursionError inside ingest for a 700-deep row.
+MAX_PAYLOAD_DEPTH = 32
+
+
+def nesting_depth(value: Any, limit: int = MAX_PAYLOAD_DEPTH) -> int:
+    """How deep lists and dicts nest in ``value`` (0 for a scalar), counted without recursion; stops at
+    ``limit + 1``."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            stack.extend((child, depth) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def bounded_payload(payload: Any) -> Any:
+    """The payload, or an ``Undecodable`` stand-in when it nests deeper than ``MAX_PAYLOAD_DEPTH``."""
+    if nesting_depth(payload) > MAX_PAYLOAD_DEPTH:
+        return Undecodable(f"nested deeper than {MAX_PAYLOAD_DEPTH} levels")
+    return payload
+
+
+def loads_json(data: str | bytes) -> Any:
+    """``json.loads`` for JSON the app wrote. jsonb holds what Python's decoder refuses: integers of more than
+    4300 digits (ValueError) and arrays nested ~1000 deep (RecursionError). Decoding a claimed batch must not
+    fail on one hostile row, so the first becomes ``inf`` and the second an ``Undecodable`` value: the row's
+    validation fails with its field named, and the other rows go on."""
+    try:
+        return json.loads(data, parse_int=_parse_int)
+    except RecursionError:
+        return Undecodable("nested too deeply")
 
 
 def _uuid(value: Any) -> uuid.UUID | None:
@@ -56,7 +113,8 @@ class QueueJob:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> QueueJob:
-        """From a database row (psycopg dict row) or its JSON form (PostgREST): unknown columns ignored."""
+        """From a database row (psycopg dict row) or its JSON form (PostgREST): unknown columns ignored; a
+        payload nested deeper than ``MAX_PAYLOAD_DEPTH`` is replaced by an ``Undecodable`` (it fails validation)."""
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in row.items() if k in known}
         for key in ("id", "user_id", "flow_run_id"):
@@ -65,6 +123,7 @@ class QueueJob:
             values[key] = _ts(values.get(key))
         if values.get("progress") is not None:
             values["progress"] = float(values["progress"])
+        values["payload"] = bounded_payload(values.get("payload"))
         return cls(**values)
 
     @property

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from mindscript.errors import QueueError, QueueUnavailable
-from mindscript.queue.base import QueueJob, Status
+from mindscript.queue.base import QueueJob, Status, loads_json
 from mindscript.queue.sql import QUERIES
 
 
@@ -27,6 +27,13 @@ def wrap_exceptions() -> Iterator[None]:
         raise QueueUnavailable(f"queue database unavailable: {type(exc).__name__}: {_first_line(exc)}") from exc
     except psycopg.Error as exc:
         raise QueueError(f"queue query failed: {type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+def _configure(conn: Any) -> None:
+    """Decode json/jsonb columns with ``loads_json``: one hostile payload must not fail a whole claim."""
+    from psycopg.types.json import set_json_loads
+
+    set_json_loads(loads_json, conn)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -44,6 +51,7 @@ class PostgresQueue:
             self._pool = ConnectionPool(
                 dsn, min_size=min_size, max_size=max_size, timeout=timeout_s, open=False,
                 kwargs={"autocommit": True, "row_factory": dict_row}, name="mindscript-queue",
+                configure=_configure,
             )
             self._pool.open(wait=False)
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from mindscript.errors import QueueError, QueueUnavailable
-from mindscript.queue.base import QueueJob, Status
+from mindscript.queue.base import QueueJob, Status, loads_json
 
 
 @contextlib.contextmanager
@@ -57,10 +57,15 @@ class SupabaseQueue:
 
     def _rpc(self, function: str, **params: Any) -> Any:
         with wrap_exceptions(function):
-            return self._client.rpc(function, params).execute().data
+            try:
+                return self._client.rpc(function, params).execute().data
+            except RecursionError as exc:  # postgrest-py's json.loads on a payload nested ~1000 deep
+                raise QueueError(f"queue rpc {function!r} returned JSON nested too deeply to decode") from exc
 
     def _rows(self, function: str, **params: Any) -> list[QueueJob]:
         data = self._rpc(function, **params) or []
+        if isinstance(data, str):  # postgrest-py hands back the text when json.loads raised ValueError
+            data = loads_json(data)
         if isinstance(data, dict):
             data = [data]
         return [QueueJob.from_row(r) for r in data]
