@@ -75,6 +75,18 @@ def bench_truepeak(pool: np.ndarray, seconds: float) -> float:
     return truepeak.truepeak_db(state)
 
 
+def bench_envelope(pool: np.ndarray, seconds: float) -> float:
+    """The full 4x-oversampled envelope (every frame), as a plain true-peak follower returns it."""
+    from mindscript.dsp import truepeak
+
+    state = truepeak.truepeak_init(2)
+    top = 0.0
+    for block in _blocks(pool, seconds):
+        env, state = truepeak.oversampled_peaks(state, block)
+        top = max(top, float(env[::4096].max()))
+    return top
+
+
 def bench_limiter(pool: np.ndarray, seconds: float) -> float:
     from mindscript.dsp import limiter
 
@@ -102,6 +114,7 @@ def bench_prepare_recording(pool: np.ndarray, seconds: float) -> float:
 BENCHES: dict[str, Callable[[np.ndarray, float], float]] = {
     "meter": bench_meter,
     "truepeak": bench_truepeak,
+    "envelope": bench_envelope,
     "limiter": bench_limiter,
     "prepare_recording": bench_prepare_recording,
 }

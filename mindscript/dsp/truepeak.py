@@ -7,8 +7,13 @@ up to 0.4 fs (20 kHz at 48 kHz), -0.4 dB at 20 kHz for 44.1 kHz material, and im
 0.6 fs, which more than meets the Annex 2 filter specification (the 48-tap example filter there only
 reaches about 40 dB).
 
-Phases are evaluated with FFT overlap-save (batched over segments), so cost is a few FFTs per input sample
-instead of 96 multiply-adds.
+Phases are evaluated with FFT overlap-save on short windows (batched), so cost is a few FFTs per input
+sample instead of 96 multiply-adds. Windows whose interpolated values provably cannot matter are skipped:
+every interpolated value is a weighted sum of 32 input samples, so it is at most ``L1 * max |x|`` over
+them (``L1`` the largest sum of absolute tap values of a phase, ~2.39). A running maximum
+(:func:`truepeak_update`) skips every window whose bound is under the maximum already found, and an
+envelope with a ``floor`` (the limiter's ceiling) skips every window whose bound is under the floor.
+Both are exact: the skipped values are the ones that could not change the result.
 
 Streaming: the value for input frame ``i`` needs frames up to ``i + LATENCY_FRAMES`` (the interpolator
 looks ahead by half its length). :func:`oversampled_peaks` therefore returns the envelope for the frames
@@ -26,7 +31,7 @@ import numpy as np
 import scipy.fft as sfft
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ._checks import as_frames, check_frames, check_sample_rate
+from ._checks import as_frames, check_finite, check_frames, check_sample_rate
 
 __all__ = [
     "LATENCY_FRAMES",
@@ -46,9 +51,12 @@ _TAPS = 2 * _HALF
 #: Frames of lookahead the envelope of a frame needs; the envelope lags the input by this much.
 LATENCY_FRAMES = _HALF
 _KAISER_BETA = 8.0
-_NFFT = 4096  # overlap-save FFT size: 99.2 % useful output; batches stay cache-sized
+_NFFT = 512  # overlap-save window: STEP outputs per window, a fine grain for skipping quiet windows
 _STEP = _NFFT - (_TAPS - 1)
-_BATCH = 4  # segments per batched FFT call (~16k frames per channel: cache-sized, measured fastest)
+_BATCH_FRAMES = 16384  # frames (all channels) per batched FFT call: the work arrays stay in a 1 MB L2 cache
+# Relative margin on the bound for the float32 FFT rounding of the computed values (~1e-7): a skipped
+# window could not have produced a value over the floor even with rounding.
+_BOUND_MARGIN = 1.0 + 1e-4
 
 
 def _phase_taps() -> np.ndarray:
@@ -72,6 +80,8 @@ def _phase_spectra() -> np.ndarray:
 
 
 _SPECTRA = _phase_spectra()
+#: Largest gain of the interpolator over the peak of its inputs: ``|y(i + p/4)| <= L1 * max |x[i-15..i+16]|``.
+_L1 = float(np.abs(_phase_taps()).sum(axis=1).max()) * _BOUND_MARGIN
 
 
 @dataclass(frozen=True)
@@ -105,55 +115,115 @@ def truepeak_init(channels: int) -> TruePeakState:
     return TruePeakState(channels=channels, history=history, frames_in=0, frames_out=0, max_abs=0.0)
 
 
-def _max_abs_rows(rows: np.ndarray) -> np.ndarray:
-    """Elementwise ``max_k |rows[k]|`` over the first axis (a chain of binary maxima: numpy's multi-axis
-    ``max`` reduction over leading axes was measured several times slower here)."""
+def _frame_peaks(rows: np.ndarray) -> np.ndarray:
+    """``max_k |rows[k]|`` per frame (a chain of binary maxima: numpy's multi-axis ``max`` reduction over
+    leading axes was measured several times slower here)."""
     out = np.abs(rows[0])
-    scratch = np.empty_like(out)
-    for k in range(1, rows.shape[0]):
-        np.abs(rows[k], out=scratch)
-        np.maximum(out, scratch, out=out)
+    if rows.shape[0] > 1:
+        scratch = np.empty_like(out)
+        for k in range(1, rows.shape[0]):
+            np.abs(rows[k], out=scratch)
+            np.maximum(out, scratch, out=out)
     return out
 
 
-def _envelope(rows: np.ndarray) -> np.ndarray:
+def _window_bounds(a: np.ndarray, m: int) -> np.ndarray:
+    """Upper bound of the interpolated values of each window (STEP outputs) from the frame peaks ``a``.
+
+    Outputs ``j`` of window ``w`` are ``w * STEP <= j < (w + 1) * STEP`` (up to ``m``); they read frames
+    ``w * STEP .. (w + 1) * STEP + 30``: the window's own frames and the first 31 of the next window's.
+    """
+    n_win = -(-m // _STEP)
+    padded = np.zeros((n_win + 1) * _STEP, dtype=np.float32)
+    padded[: a.shape[0]] = a
+    grid = padded.reshape(n_win + 1, _STEP)
+    own = grid[:n_win].max(axis=1)
+    ahead = grid[1:, : _TAPS - 1].max(axis=1)
+    return np.maximum(own, ahead) * _L1
+
+
+def _interpolated(rows: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """Max over channels and phases 1-3 of ``|y|`` for the outputs of the given windows, ``(k, STEP)``.
+
+    ``rows`` is ``(channels, n)`` float32 padded with zeros so that every window has NFFT frames.
+    """
+    channels = rows.shape[0]
+    frames = sliding_window_view(rows, _NFFT, axis=-1)
+    out = np.empty((windows.shape[0], _STEP), dtype=np.float32)
+    batch = max(1, _BATCH_FRAMES // (_NFFT * channels))
+    for b0 in range(0, windows.shape[0], batch):
+        b1 = min(windows.shape[0], b0 + batch)
+        spectrum = sfft.rfft(frames[:, windows[b0:b1] * _STEP], axis=-1)
+        phases = sfft.irfft(spectrum[None] * _SPECTRA, n=_NFFT, axis=-1, overwrite_x=True)
+        # The first TAPS - 1 outputs of a window wrap around (overlap-save); the rest are valid.
+        valid = phases.reshape(-1, b1 - b0, _NFFT)[:, :, _TAPS - 1 :]
+        np.abs(valid[0], out=out[b0:b1])
+        scratch = np.empty((b1 - b0, _STEP), dtype=np.float32)
+        for k in range(1, (OVERSAMPLING - 1) * channels):
+            np.abs(valid[k], out=scratch)
+            np.maximum(out[b0:b1], scratch, out=out[b0:b1])
+    return out
+
+
+def _pad_rows(rows: np.ndarray, m: int) -> np.ndarray:
+    n_win = -(-m // _STEP)
+    padded = np.zeros((rows.shape[0], n_win * _STEP + _TAPS - 1), dtype=np.float32)
+    padded[:, : rows.shape[1]] = rows
+    return padded
+
+
+def _envelope(rows: np.ndarray, floor: float = 0.0) -> np.ndarray:
     """True-peak envelope of the centre frames of ``rows`` (``(channels, n)`` float32, n >= 31).
 
     Returns ``n - 31`` values: for output ``j`` the maximum over channels of ``|x[j + 15]|`` (phase 0) and
-    of the three interpolated values after it.
+    of the three interpolated values after it. Where the interpolated values provably cannot exceed
+    ``floor``, only phase 0 is taken (a lower bound of the true value, which is itself <= ``floor``).
     """
-    channels, n = rows.shape
-    m = n - (_TAPS - 1)
-    env = _max_abs_rows(rows[:, _HALF - 1 : _HALF - 1 + m])
-    n_seg = -(-m // _STEP)
-    padded = np.zeros((channels, n_seg * _STEP + _TAPS - 1), dtype=np.float32)
-    padded[:, :n] = rows
-    for b0 in range(0, n_seg, _BATCH):
-        b1 = min(n_seg, b0 + _BATCH)
-        # Overlapping segments of NFFT frames, advancing by STEP: each yields STEP valid outputs.
-        segments = sliding_window_view(padded[:, b0 * _STEP : (b1 - 1) * _STEP + _NFFT], _NFFT, axis=-1)
-        spectrum = sfft.rfft(segments[:, ::_STEP], axis=-1)
-        phases = sfft.irfft(spectrum[None] * _SPECTRA, n=_NFFT, axis=-1, overwrite_x=True)
-        # Max over phases 1-3 and channels; the first TAPS - 1 outputs of a segment wrap around.
-        peak = _max_abs_rows(phases.reshape(-1, b1 - b0, _NFFT))[:, _TAPS - 1 :].reshape(-1)
-        lo = b0 * _STEP
-        hi = min(b1 * _STEP, m)
-        np.maximum(env[lo:hi], peak[: hi - lo], out=env[lo:hi])
-    return env
-
-
-def _advance(state: TruePeakState, rows: np.ndarray, frames_in: int) -> tuple[np.ndarray, TruePeakState]:
-    """Emit every frame of ``rows`` (history + new frames, ``(channels, n)``) whose lookahead is present."""
     m = rows.shape[1] - (_TAPS - 1)
-    if m <= 0:
-        env = np.zeros(0, dtype=np.float32)
-        rest = rows
-    else:
-        env = _envelope(rows)
-        rest = rows[:, m:]
-    history = np.ascontiguousarray(rest.T)
+    a = _frame_peaks(rows)
+    bounds = _window_bounds(a, m)
+    env = np.zeros(bounds.shape[0] * _STEP, dtype=np.float32)  # laid out one window per row below
+    env[:m] = a[_HALF - 1 : _HALF - 1 + m]
+    windows = np.flatnonzero(bounds > floor) if floor > 0.0 else np.arange(bounds.shape[0])
+    if windows.size:
+        by_window = env.reshape(bounds.shape[0], _STEP)
+        by_window[windows] = np.maximum(by_window[windows], _interpolated(_pad_rows(rows, m), windows))
+    return env[:m]
+
+
+def _envelope_max(rows: np.ndarray, floor: float) -> float:
+    """``max(floor, max of the envelope of rows)``, interpolating only windows that could exceed it."""
+    m = rows.shape[1] - (_TAPS - 1)
+    a = _frame_peaks(rows)
+    floor = max(floor, float(a[_HALF - 1 : _HALF - 1 + m].max()))
+    windows = np.flatnonzero(_window_bounds(a, m) > floor)
+    if windows.size == 0:
+        return floor
+    peaks = _interpolated(_pad_rows(rows, m), windows)
+    # Trailing values of the last window lie past m: they are interpolated from the zero padding and
+    # from frames whose own lookahead has not arrived, so they are left out.
+    last = m - windows[-1] * _STEP
+    return max(floor, float(peaks[:-1].max()) if peaks.shape[0] > 1 else 0.0, float(peaks[-1, :last].max()))
+
+
+def _advance(
+    state: TruePeakState, rows: np.ndarray, frames_in: int, *, floor: float = 0.0, envelope: bool = True
+) -> tuple[np.ndarray, TruePeakState]:
+    """Emit every frame of ``rows`` (history + new frames, ``(channels, n)``) whose lookahead is present.
+
+    With ``envelope=False`` only the running maximum is updated (and an empty envelope returned).
+    """
+    m = rows.shape[1] - (_TAPS - 1)
+    env = np.zeros(0, dtype=np.float32)
+    max_abs = state.max_abs
+    if m > 0:
+        if envelope:
+            env = _envelope(rows, floor)
+            max_abs = max(max_abs, float(env.max()))
+        else:
+            max_abs = _envelope_max(rows, max_abs)
+    history = np.ascontiguousarray(rows[:, max(m, 0) :].T)
     history.flags.writeable = False
-    max_abs = max(state.max_abs, float(env.max())) if env.size else state.max_abs
     return env, TruePeakState(
         channels=state.channels,
         history=history,
@@ -164,21 +234,35 @@ def _advance(state: TruePeakState, rows: np.ndarray, frames_in: int) -> tuple[np
     )
 
 
-def oversampled_peaks(state: TruePeakState, block: np.ndarray) -> tuple[np.ndarray, TruePeakState]:
+def _rows(state: TruePeakState, block: np.ndarray, name: str = "block") -> tuple[np.ndarray, int]:
+    if not isinstance(state, TruePeakState):
+        raise ValueError(f"state must be a TruePeakState, got {type(state).__name__}")
+    if state.finished:
+        raise ValueError("state was already flushed; start a new stream with truepeak_init()")
+    x = as_frames(block, name, channels=state.channels)
+    return np.concatenate([state.history.T, x.T], axis=1), state.frames_in + x.shape[0]
+
+
+def oversampled_peaks(
+    state: TruePeakState, block: np.ndarray, *, floor: float = 0.0
+) -> tuple[np.ndarray, TruePeakState]:
     """Feed a ``(frames, channels)`` block; return the next envelope values and the new state.
 
     The envelope value of input frame ``i`` is ``max`` over channels and the 4 phases ``i, i + 1/4, i + 2/4,
     i + 3/4`` of the magnitude of the 4x-oversampled signal (float32, shape ``(m,)``). It covers frames
     ``state.frames_out .. state.frames_out + m - 1``; because of the lookahead, the last
     :data:`LATENCY_FRAMES` frames received are returned by a later call or by :func:`truepeak_flush`.
+
+    ``floor`` (linear, >= 0) lets a caller that only cares about values above it (a limiter's ceiling) skip
+    work: where the oversampled signal provably stays at or below ``floor``, the value returned is the
+    sample peak (phase 0), a lower bound that is itself at or below ``floor``. Every value above ``floor``
+    is exact. ``state.max_abs`` is then exact only where it exceeds ``floor``.
     """
-    if not isinstance(state, TruePeakState):
-        raise ValueError(f"state must be a TruePeakState, got {type(state).__name__}")
-    if state.finished:
-        raise ValueError("state was already flushed; start a new stream with truepeak_init()")
-    x = as_frames(block, "block", channels=state.channels)
-    rows = np.concatenate([state.history.T, x.T], axis=1)
-    return _advance(state, rows, state.frames_in + x.shape[0])
+    floor = check_finite(floor, "floor")
+    if floor < 0.0:
+        raise ValueError(f"floor must be >= 0, got {floor!r}")
+    rows, frames_in = _rows(state, block)
+    return _advance(state, rows, frames_in, floor=floor)
 
 
 def truepeak_flush(state: TruePeakState) -> tuple[np.ndarray, TruePeakState]:
@@ -201,8 +285,13 @@ def truepeak_flush(state: TruePeakState) -> tuple[np.ndarray, TruePeakState]:
 
 
 def truepeak_update(state: TruePeakState, block: np.ndarray) -> TruePeakState:
-    """Feed a block to a streaming true-peak maximum (see :func:`truepeak_db`)."""
-    return oversampled_peaks(state, block)[1]
+    """Feed a block to a streaming true-peak maximum (see :func:`truepeak_db`).
+
+    Only the maximum is kept, so only windows that could exceed the maximum found so far (or the block's
+    own sample peak) are interpolated: the result is the same as taking the maximum of the envelope.
+    """
+    rows, frames_in = _rows(state, block)
+    return _advance(state, rows, frames_in, envelope=False)[1]
 
 
 def _to_db(linear: float) -> float:

@@ -100,3 +100,47 @@ def test_rejects_bad_blocks() -> None:
     _, done = truepeak_flush(truepeak_init(1))
     with pytest.raises(ValueError, match="flushed"):
         oversampled_peaks(done, np.zeros((10, 1), np.float32))
+
+
+def _speechy(n: int, seed: int) -> np.ndarray:
+    """Noise with a strongly varying level (bursts 30 dB apart), stereo."""
+    rng = np.random.default_rng(seed)
+    level = np.repeat(10 ** (rng.uniform(-40, 0, size=n // 2000 + 1) / 20), 2000)[:n]
+    return (rng.standard_normal((n, 2)) * 0.3 * level[:, None]).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_running_max_skips_only_what_cannot_matter(seed: int) -> None:
+    x = _speechy(120000, seed)
+    full = float(_envelope(x, [x.shape[0]]).max())
+    for size in (1000, 65536, x.shape[0]):
+        state = truepeak_init(2)
+        for i in range(0, x.shape[0], size):
+            state = truepeak_update(state, x[i : i + size])
+        assert abs(truepeak_db(state) - 20 * math.log10(full)) < 1e-5
+    # the loudest burst first, then quieter ones: later blocks are skipped, the result is the same
+    loud_first = np.concatenate([x[:5000] * 4, x])
+    full = float(_envelope(loud_first, [loud_first.shape[0]]).max())
+    assert abs(true_peak_dbtp(loud_first, 48000) - 20 * math.log10(full)) < 1e-5
+
+
+@pytest.mark.parametrize("floor_db", [-6.0, -12.0, -20.0])
+def test_floor_leaves_every_value_above_it_exact(floor_db: float) -> None:
+    x = _speechy(100000, 6)
+    floor = 10 ** (floor_db / 20)
+    full = _envelope(x, [x.shape[0]])
+    state = truepeak_init(2)
+    parts = []
+    for i in range(0, x.shape[0], 7000):
+        env, state = oversampled_peaks(state, x[i : i + 7000], floor=floor)
+        parts.append(env)
+    parts.append(truepeak_flush(state)[0])
+    floored = np.concatenate(parts)
+    assert floored.shape == full.shape
+    above = full > floor * 1.0001
+    assert above.any() and not above.all()
+    assert np.max(np.abs(floored[above] - full[above])) <= 1e-6  # exact where it matters
+    assert np.all(floored[~above] <= floor * 1.0001)  # elsewhere at most the floor...
+    assert np.all(floored >= np.abs(x).max(axis=1) - 1e-7)  # ...and never below the sample peak
+    with pytest.raises(ValueError, match="-1.0"):
+        oversampled_peaks(truepeak_init(2), x[:10], floor=-1.0)
