@@ -12,7 +12,7 @@ from mindscript.dsp.limiter import (
     limiter_latency,
     limiter_process,
 )
-from mindscript.dsp.truepeak import true_peak_dbtp
+from mindscript.dsp.truepeak import LATENCY_FRAMES, oversampled_peaks, true_peak_dbtp, truepeak_flush, truepeak_init
 
 SR = 44100
 
@@ -116,3 +116,42 @@ def test_parameter_validation_quotes_the_value() -> None:
         LimiterParams(SR, lookahead_ms=-5.0)
     with pytest.raises(ValueError, match=r"\(10, 1\)"):
         limiter_process(limiter_init(LimiterParams(SR), 2), np.zeros((10, 1), np.float32))
+
+
+def _reference_limit(x: np.ndarray, params: LimiterParams) -> np.ndarray:
+    """The gain computer of the module docstring written out plainly (one shot, loops, no sparsity)."""
+    head, state = oversampled_peaks(truepeak_init(x.shape[1]), x)
+    env = np.concatenate([head, truepeak_flush(state)[0]]).astype(np.float64)
+    sr, n = params.sample_rate, x.shape[0]
+    look = max(1, round(params.lookahead_ms * sr / 1000.0))
+    k = LATENCY_FRAMES
+    ceiling_db = params.ceiling_dbtp - 0.05
+    over = env > np.float32(10 ** (ceiling_db / 20))
+    required = np.where(over, 20 * np.log10(np.maximum(env, 1e-30)) - ceiling_db, 0.0)
+    padded = np.concatenate([np.zeros(look + 2 * k), required, np.zeros(look + 2 * k)])
+    # hold[i] = max(required[i - K .. i + L + K]) for frames i = -L .. n - 1 (zeros outside the stream)
+    hold = np.array([padded[i + look + k : i + 2 * look + 3 * k + 1].max() for i in range(-look, n)])
+    b1 = (look + 2) // 2
+    weights = np.convolve(np.ones(b1) / b1, np.ones(look + 2 - b1) / (look + 2 - b1))  # L + 1 taps
+    attack = np.convolve(hold, weights[::-1], mode="valid")  # attack[i] averages hold[i - L .. i]
+    a = np.exp(-1000.0 / (params.release_ms * sr))
+    u = np.zeros(n)
+    prev = 0.0
+    for i in range(n):
+        prev = max(attack[i], a * prev)
+        u[i] = prev
+    gain = np.where(u > 1e-6, 10 ** (-u / 20), 1.0).astype(np.float32)
+    return x * gain[:, None]
+
+
+@pytest.mark.parametrize(("over_db", "seed", "sizes"), [(6.0, 5, [4096]), (1.0, 6, [65536]), (12.0, 7, [777, 5000])])
+def test_matches_a_plain_reference_of_the_gain_computer(over_db: float, seed: int, sizes: list[int]) -> None:
+    # The limiter only computes where a reduction can be nonzero and skips oversampling under the ceiling;
+    # the plain computation over every frame must give the same output.
+    x = _music_like(1.5, over_db, seed=seed)
+    x[SR // 2 : SR // 2 + 3000] *= 4.0  # an isolated loud burst inside a quiet passage
+    params = LimiterParams(SR, ceiling_dbtp=-1.5)
+    y = _limit(x, sizes=sizes, params=params)
+    ref = _reference_limit(x, params)
+    assert not np.array_equal(y, x)
+    assert np.max(np.abs(y - ref)) <= 1e-6
