@@ -18,7 +18,7 @@ import numpy as np
 
 from mindscript import assets, audio_io
 from mindscript.dsp import ducking, limiter, loudness, truepeak
-from mindscript.errors import AssetNotFound, InvalidAudio, InvalidJob, StorageError, StorageRejected
+from mindscript.errors import AssetNotFound, InvalidAudio, InvalidJob, RenderError, StorageError, StorageRejected
 from mindscript.job import RenderJob
 from mindscript.script import Pause, Speech, chunk_text, parse_script
 from mindscript.settings import Settings
@@ -306,16 +306,18 @@ def prepare_upload(
                     raise
                 log.info("%r is not in the %s storage; trying it as a local file (ALLOW_LOCAL_ASSETS)", key,
                          storage.name)
-    if fetched is None:
-        if parsed_scheme == "http" and not settings.allow_local_assets:
-            raise InvalidJob(f"{field}: an uploaded recording must be an https URL (got {assets.redact_url(source)!r})")
+    if fetched is None:  # https only (http with ALLOW_HTTP_ASSETS), network rules enforced by the fetch
         fetched = assets.fetch(source, workspace, name="recording", max_bytes=settings.max_asset_bytes,
                                timeout_s=settings.download_timeout_s, allow_local=settings.allow_local_assets,
-                               base_dir=settings.asset_base_dir, field=field)
-    label = assets.redact_url(source) if parsed_scheme else Path(source).name
-    return prepare_recording(fetched, workspace, sample_rate=sample_rate,
-                             max_duration_s=settings.max_duration_minutes * 60.0, target_lufs=settings.target_lufs,
-                             peak_dbtp=settings.true_peak_ceiling_dbtp - VOICE_PEAK_HEADROOM_DB, label=label)
+                               base_dir=settings.asset_base_dir, field=field,
+                               policy=assets.FetchPolicy.from_settings(settings))
+    label = assets.shown(source) if parsed_scheme else Path(source).name
+    try:
+        return prepare_recording(fetched, workspace, sample_rate=sample_rate,
+                                 max_duration_s=settings.max_duration_minutes * 60.0, target_lufs=settings.target_lufs,
+                                 peak_dbtp=settings.true_peak_ceiling_dbtp - VOICE_PEAK_HEADROOM_DB, label=label)
+    except RenderError as exc:  # decode errors name the job's field and source, not the workspace copy
+        raise assets.for_field(exc, field=field, source=source, local=fetched) from exc
 # ---- end uploaded recordings ----
 
 
