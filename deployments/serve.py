@@ -136,6 +136,11 @@ async def serve() -> int:
         name="ingest", parameters={"max_jobs": settings.max_jobs},
         concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)))
     await _drop_schedules(ingest_id)
+    # the TTS providers' global concurrency limits exist (sized from settings) before the first render needs them
+    from tasks.voice import GLOBAL_LIMIT_PROVIDERS, ensure_provider_limit
+
+    for provider in GLOBAL_LIMIT_PROVIDERS:
+        await asyncio.to_thread(ensure_provider_limit, settings, provider)
     runner_task = asyncio.create_task(runner.start())
     while not runner.started and not runner_task.done():
         await asyncio.sleep(0.05)
