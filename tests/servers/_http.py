@@ -2,16 +2,22 @@
 
 Binds 127.0.0.1 only. Each vendor module subclasses ``VendorServer`` and implements ``handle`` in the
 vendor's documented wire format. Faults queued with ``fail_next`` are answered, in order, before any real
-handling (each still recorded); ``fail_always`` answers every request with one fault.
+handling (each still recorded); ``fail_always`` answers every request with one fault. Random faults (the
+soak, bench/soak.py): with ``fault_rate`` each request, with that probability, gets one of ``fault_replies``
+or, when ``stall_s`` is set, a stall (the real answer after ``stall_s`` seconds, past the client's timeout);
+``seed`` makes the draws repeatable. ``by_chunk()`` counts requests per synthesized text (voice and text).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 import threading
 import time
 import urllib.parse
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -104,14 +110,20 @@ class LoopbackServer:
 
 
 class VendorServer(LoopbackServer):
-    """Base: start/stop, request log, scripted faults, optional per-request delay."""
+    """Base: start/stop, request log, scripted and random faults, optional per-request delay."""
 
-    def __init__(self, *, delay_s: float = 0.0, seconds_per_char: float = 0.01) -> None:
+    def __init__(self, *, delay_s: float = 0.0, seconds_per_char: float = 0.01, fault_rate: float = 0.0,
+                 fault_replies: Sequence[Reply] = (), stall_s: float = 0.0, seed: int | None = None) -> None:
         self.delay_s = delay_s
         self.seconds_per_char = seconds_per_char
         self.requests: list[Recorded] = []
         self._faults: list[Reply] = []
         self.fail_always: Reply | None = None
+        self.fault_rate = fault_rate
+        self.fault_replies = list(fault_replies)
+        self.stall_s = stall_s
+        self.injected: Counter[str] = Counter()  # random faults answered: "429", "500", "stall", ...
+        self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._active = 0
         self.max_active = 0
@@ -129,6 +141,28 @@ class VendorServer(LoopbackServer):
     def handle(self, req: Recorded) -> Reply:  # pragma: no cover - subclasses implement
         raise NotImplementedError
 
+    def chunk_of(self, req: Recorded) -> tuple[str, str] | None:
+        """(voice, text) a synthesis request asks for; None for other requests. Subclasses implement."""
+        return None
+
+    def by_chunk(self) -> dict[str, tuple[int, str, str]]:
+        """Synthesis requests per chunk: sha256(voice|text)[:16] -> (requests, voice, text)."""
+        with self._lock:
+            requests = list(self.requests)
+        counts: Counter[tuple[str, str]] = Counter(c for r in requests if (c := self.chunk_of(r)) is not None)
+        return {hashlib.sha256(f"{v}|{t}".encode()).hexdigest()[:16]: (n, v, t) for (v, t), n in counts.items()}
+
+    def _random_fault(self) -> Reply | str | None:
+        """Called under the lock: a random fault reply, "stall", or None (most requests)."""
+        if self.fault_rate <= 0 or self._random.random() >= self.fault_rate:
+            return None
+        choices: list[Reply | str] = [*self.fault_replies, *(["stall"] if self.stall_s > 0 else [])]
+        if not choices:
+            return None
+        choice = self._random.choice(choices)
+        self.injected["stall" if isinstance(choice, str) else str(choice.status)] += 1
+        return choice
+
     def _serve(self, h: BaseHTTPRequestHandler) -> None:
         parsed = urllib.parse.urlparse(h.path)
         length = int(h.headers.get("Content-Length") or 0)
@@ -141,7 +175,8 @@ class VendorServer(LoopbackServer):
                        {k.lower(): v for k, v in h.headers.items()}, body)
         if req.path == "/_stats":  # for benchmarks that run the server in another process
             with self._lock:
-                stats = {"requests": len(self.requests), "max_active": self.max_active}
+                stats = {"requests": len(self.requests), "max_active": self.max_active,
+                         "injected": dict(self.injected)}
             reply = Reply.json(200, stats)
             h.send_response(200)
             h.send_header("Content-Type", reply.content_type)
@@ -152,17 +187,25 @@ class VendorServer(LoopbackServer):
         with self._lock:
             self.requests.append(req)
             fault = self._faults.pop(0) if self._faults else self.fail_always
+            chaos = self._random_fault() if fault is None else None
             self._active += 1
             self.max_active = max(self.max_active, self._active)
         try:
             if self.delay_s:
                 time.sleep(self.delay_s)
+            if chaos == "stall":
+                time.sleep(self.stall_s)  # the client has given up by now; the answer below goes nowhere
+            elif isinstance(chaos, Reply):
+                fault = chaos
             reply = fault if fault is not None else self.handle(req)
         finally:
             with self._lock:
                 self._active -= 1
-        h.send_response(reply.status)
-        h.send_header("Content-Type", reply.content_type)
-        h.send_header("Content-Length", str(len(reply.body)))
-        h.end_headers()
-        h.wfile.write(reply.body)
+        try:
+            h.send_response(reply.status)
+            h.send_header("Content-Type", reply.content_type)
+            h.send_header("Content-Length", str(len(reply.body)))
+            h.end_headers()
+            h.wfile.write(reply.body)
+        except (BrokenPipeError, ConnectionResetError):  # the client timed out (a stall) and hung up
+            h.close_connection = True

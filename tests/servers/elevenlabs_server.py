@@ -43,6 +43,13 @@ class ElevenLabsServer(VendorServer):
     def tts_requests(self) -> list[Recorded]:
         return [r for r in self.requests if r.path.startswith("/v1/text-to-speech/")]
 
+    def chunk_of(self, req: Recorded) -> tuple[str, str] | None:
+        match = _PATH.match(req.path)
+        body = req.body if isinstance(req.body, dict) else {}
+        if match is None or not isinstance(body.get("text"), str):
+            return None
+        return match["voice"], body["text"]
+
     def handle(self, req: Recorded) -> Reply:
         match = _PATH.match(req.path)
         if req.method != "POST" or match is None:

@@ -4,21 +4,26 @@ Prints ``PORT <n>`` once listening (port 0 = a free one). Control routes (not S3
   POST /_faults  {"method": "PUT", "path": "/bucket", "query": "partNumber", "status": 503, "code": "SlowDown",
                   "count": 2}  arm a fault (every matcher optional)
   POST /_faults  {"reset": true}  disarm every fault
-  GET  /_faults  -> {"injected": n, "requests": [[method, path, query], ...]}
+  GET  /_faults  -> {"injected": n, "by_status": {"503": n, ...}, "requests": [[method, path, query], ...]}
 A fault answers matching requests with ``status`` and an S3 XML error body, ``count`` times, then passes.
+With ``"rate": 0.2`` (and optionally ``"seed"``) only that fraction of matching requests is answered with the
+fault (random, repeatable with the seed); ``count`` still bounds the total.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import sys
 import threading
+from collections import Counter
 from typing import Any
 
 _lock = threading.Lock()
 _faults: list[dict[str, Any]] = []
 _log: list[list[str]] = []
 _injected = 0
+_by_status: Counter[str] = Counter()
 
 
 def fault_middleware(app: Any) -> Any:
@@ -33,21 +38,25 @@ def fault_middleware(app: Any) -> Any:
                     if spec.get("reset"):
                         _faults.clear()
                     else:
+                        spec["_random"] = random.Random(spec.get("seed"))
                         _faults.append(spec)
                 body = b"{}"
             else:
                 with _lock:
-                    body = json.dumps({"injected": _injected, "requests": _log}).encode()
+                    body = json.dumps({"injected": _injected, "by_status": dict(_by_status),
+                                       "requests": _log}).encode()
             start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
             return [body]
         with _lock:
             _log.append([method, path, query])
             for spec in _faults:
                 if (spec["count"] > 0 and spec.get("method", method) == method and spec.get("query", "") in query
-                        and path.startswith(spec.get("path", ""))):
+                        and path.startswith(spec.get("path", ""))
+                        and ("rate" not in spec or spec["_random"].random() < float(spec["rate"]))):
                     spec["count"] -= 1
                     _injected += 1
                     status, code = int(spec.get("status", 503)), spec.get("code", "ServiceUnavailable")
+                    _by_status[str(status)] += 1
                     break
             else:
                 status, code = 0, ""
