@@ -266,20 +266,19 @@ def _advance(
         b2 = lookahead + 2 - b1
         attack = _moving_average(_moving_average(history, b1), b2)
         # Release: u[k] = max(attack[k], a u[k-1]) as a running max in the log domain, seeded with the
-        # freely released reduction at q0 - 1. Logs are taken only where there is a reduction.
+        # freely released reduction at q0 - 1.
+        g0 = 0 if _release_tail(state.log_reduction, log_a, q0) else q0
         k_log_a = np.arange(attack.shape[0], dtype=np.float64) * log_a
         trend = np.full(attack.shape[0] + 1, -np.inf)
         trend[0] = state.log_reduction + (q0 + 1) * log_a
-        positive = np.flatnonzero(attack > 0.0)
-        trend[positive + 1] = np.log(attack[positive]) - k_log_a[positive]
-        span_log_u = np.maximum.accumulate(trend)[1:]
-        span_log_u += k_log_a
-        log_end = float(span_log_u[-1])
-        g0 = 0 if _release_tail(state.log_reduction, log_a, q0) else q0
+        np.log(attack, out=trend[1:], where=attack > 0.0)  # ln 0 stays -inf (no reduction there)
+        trend[1:] -= k_log_a
+        np.maximum.accumulate(trend, out=trend)
+        log_end = float(trend[-1] + k_log_a[-1])
         g1 = q1 + 1 + _release_tail(log_end, log_a, n - 1 - q1)
         log_u = np.empty(g1 - g0, dtype=np.float64)
         log_u[: q0 - g0] = state.log_reduction + np.arange(g0 + 1, q0 + 1) * log_a
-        log_u[q0 - g0 : q1 + 1 - g0] = span_log_u
+        np.add(trend[1:], k_log_a, out=log_u[q0 - g0 : q1 + 1 - g0])
         log_u[q1 + 1 - g0 :] = log_end + np.arange(1, g1 - q1) * log_a
         log_reduction = log_end + (n - 1 - q1) * log_a
     else:
@@ -288,13 +287,17 @@ def _advance(
         log_reduction = state.log_reduction + n * log_a
     out = np.array(delay[:n], dtype=np.float32)
     # Reductions under the snap threshold are exactly 0 dB: those frames keep gain 1.0 (bit-exact).
-    active = np.flatnonzero(log_u > math.log(_SNAP_DB))
-    if active.size:
-        lo, hi = int(active[0]), int(active[-1]) + 1
+    active = log_u > math.log(_SNAP_DB)
+    if active.all():
+        lo, hi = 0, active.shape[0]
+    else:
+        where = np.flatnonzero(active)
+        lo, hi = (int(where[0]), int(where[-1]) + 1) if where.size else (0, 0)
+    if hi > lo:
         # 10^(-u/20) with u in dB; the outer exp in float32 (SIMD), as the gain is float32 anyway.
         gain = np.exp((np.exp(log_u[lo:hi]) * (-math.log(10.0) / 20.0)).astype(np.float32))
-        if active.size < hi - lo:
-            gain[log_u[lo:hi] <= math.log(_SNAP_DB)] = 1.0  # x * 1.0 is x, bit for bit
+        if not active[lo:hi].all():
+            gain[~active[lo:hi]] = 1.0  # x * 1.0 is x, bit for bit
         for ch in range(out.shape[1]):  # one strided pass per channel (a broadcast row-by-row is slower)
             np.multiply(out[g0 + lo : g0 + hi, ch], gain, out=out[g0 + lo : g0 + hi, ch])
     new_state = dataclasses.replace(
