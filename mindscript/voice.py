@@ -41,6 +41,7 @@ VOICE_PEAK_HEADROOM_DB = 2.0
 LEVEL_TOLERANCE_LU = 1.0  # the rest is master voice gain, which fits in the peak headroom
 MAX_FIT_STEPS = 6
 SAMPLE_S = 120  # excerpt length the levelling gain is fitted on
+FIT_COARSE_EVERY = 4  # the search starts on every 4th 2 s piece of the excerpt (~30 s)
 
 
 @dataclass(frozen=True)
@@ -325,71 +326,120 @@ def prepare_upload(
 class _StemAnalysis:
     frames: int
     lufs: float  # integrated, as heard (the mono stem in both channels)
-    true_peak_db: float
+    true_peak_db: float | None  # None when not measured (a levelled stem: its limiter bounds the peak)
     activity: np.ndarray  # bool per hop
     speech_blocks: np.ndarray  # bool per 400 ms gating block the integrated loudness counted
 
 
+# The mono stem is heard in both channels: BS.1770-4 eq. 2 sums G_i z_i over channels, so one channel of
+# weight 2 reads exactly what the stem duplicated into L and R reads (+3 dB over a mono reading).
+_HEARD_WEIGHTS = (2.0,)
+
+
+class _StemMeter:
+    """The analysis of a mono stem, fed block by block: loudness as heard, true peak, speech activity.
+
+    Blocks may have any length: frames are carried over until a whole hop is in, so the activity flags
+    are those of the stem read in one piece. ``true_peak=False`` skips the true peak (it costs as much as
+    the loudness on a limited stem, whose peak the limiter already bounds).
+    """
+
+    def __init__(self, sample_rate: int, *, true_peak: bool = True) -> None:
+        self.sample_rate = sample_rate
+        self.hop = int(round(HOP_S * sample_rate))
+        self.meter = loudness.meter_init(sample_rate, 1, weights=_HEARD_WEIGHTS)
+        self.peak = truepeak.truepeak_init(1) if true_peak else None
+        self.flags: list[np.ndarray] = []
+        self.carry = np.zeros((0, 1), dtype=np.float32)
+        self.frames = 0
+
+    def add(self, mono: np.ndarray) -> None:
+        self.meter = loudness.meter_update(self.meter, mono)
+        if self.peak is not None:
+            self.peak = truepeak.truepeak_update(self.peak, mono)
+        x = np.concatenate([self.carry, mono]) if len(self.carry) else mono
+        whole = len(x) // self.hop * self.hop
+        if whole:
+            self.flags.append(ducking.speech_activity(x[:whole], self.sample_rate, self.hop))
+        self.carry = np.array(x[whole:])
+        self.frames += len(mono)
+
+    def result(self) -> _StemAnalysis:
+        if len(self.carry):  # the final partial hop is measured over the frames it has
+            self.flags.append(ducking.speech_activity(self.carry, self.sample_rate, self.hop))
+            self.carry = self.carry[:0]
+        return _StemAnalysis(
+            frames=self.frames,
+            lufs=loudness.meter_result(self.meter).integrated_lufs,
+            true_peak_db=None if self.peak is None else truepeak.truepeak_db(self.peak),
+            activity=np.concatenate(self.flags) if self.flags else np.zeros(0, dtype=bool),
+            speech_blocks=loudness.gated_blocks(self.meter),
+        )
+
+
 def _analyse(path: Path, sample_rate: int) -> _StemAnalysis:
     """One pass over a mono stem: loudness (as heard in both channels), true peak, speech activity."""
-    hop = int(round(HOP_S * sample_rate))
-    # Measured as it will be heard: the mono stem sits in both channels (+3 dB over a mono reading).
-    meter = loudness.meter_init(sample_rate, 2)
-    peak = truepeak.truepeak_init(1)
-    flags: list[np.ndarray] = []
-    frames = 0
-    for block in audio_io.iter_blocks(path, hop * 1000):  # a whole number of hops per block
-        mono = block[:, :1]
-        meter = loudness.meter_update(meter, np.repeat(mono, 2, axis=1))
-        peak = truepeak.truepeak_update(peak, mono)
-        flags.append(ducking.speech_activity(mono, sample_rate, hop))
-        frames += len(block)
-    return _StemAnalysis(
-        frames=frames,
-        lufs=loudness.meter_result(meter).integrated_lufs,
-        true_peak_db=truepeak.truepeak_db(peak),
-        activity=np.concatenate(flags) if flags else np.zeros(0, dtype=bool),
-        speech_blocks=loudness.gated_blocks(meter),
-    )
+    stem = _StemMeter(sample_rate)
+    for block in audio_io.iter_blocks(path, stem.hop * 1000):  # a whole number of hops per block
+        stem.add(block[:, :1])
+    return stem.result()
 
 
 def _limited_loudness(x: np.ndarray, gain_db: float, sample_rate: int, peak_dbtp: float) -> float:
     """Loudness (as heard in both channels) of ``x`` after the gain and the limiter, block by block."""
     state = limiter.limiter_init(limiter.LimiterParams(sample_rate=sample_rate, ceiling_dbtp=peak_dbtp), 1)
-    meter = loudness.meter_init(sample_rate, 2)
+    meter = loudness.meter_init(sample_rate, 1, weights=_HEARD_WEIGHTS)
     gain = np.float32(10 ** (gain_db / 20))
     for start in range(0, len(x), 1 << 16):  # in blocks: the work arrays stay small
         out, state = limiter.limiter_process(state, x[start:start + (1 << 16)] * gain)
-        meter = loudness.meter_update(meter, np.repeat(out, 2, axis=1))
+        meter = loudness.meter_update(meter, out)
     out, state = limiter.limiter_flush(state)
-    meter = loudness.meter_update(meter, np.repeat(out, 2, axis=1))
+    meter = loudness.meter_update(meter, out)
     return loudness.meter_result(meter).integrated_lufs
+
+
+def _search_gain(x: np.ndarray, gain_db: float, *, sample_rate: int, target_lufs: float, peak_dbtp: float,
+                 steps: int, slope: float = 1.0) -> tuple[float, float, bool]:
+    """Secant steps on ``x`` towards the gain whose limited loudness is within a quarter tolerance of target.
+
+    ``slope`` (LU per dB) sizes the first step. Returns the gain (the last tried one when it landed, else
+    the next guess), the last slope and whether it landed.
+    """
+    tried: list[tuple[float, float]] = []
+    for _ in range(steps):
+        lufs = _limited_loudness(x, gain_db, sample_rate, peak_dbtp)
+        if not math.isfinite(lufs) or abs(target_lufs - lufs) <= LEVEL_TOLERANCE_LU / 4:
+            return gain_db, slope, True
+        tried.append((gain_db, lufs))
+        if len(tried) >= 2 and tried[-1][1] != tried[-2][1]:
+            (g0, l0), (g1, l1) = tried[-2], tried[-1]
+            slope = (l1 - l0) / (g1 - g0)
+        # Limiting makes loudness grow slower than gain (and not always monotonically): never trust a
+        # slope under 0.2 LU/dB, which would send the next try far away.
+        gain_db += (target_lufs - lufs) / max(slope, 0.2)
+    return gain_db, slope, False
 
 
 def _fit_gain(path: Path, frames: int, gain_db: float, *, sample_rate: int, target_lufs: float,
               peak_dbtp: float) -> float:
     """The gain that lands the limited stem on the target, found on an excerpt (secant steps).
 
-    Limiting makes loudness grow slower than gain, so the gain is searched for; doing it on at most
-    ~2 minutes of excerpts (2 s out of every few seconds, spread over the whole stem) makes each step
-    cheap, and a single full pass then writes the stem.
+    Limiting makes loudness grow slower than gain, so the gain is searched for on at most ~2 minutes of
+    excerpts (2 s out of every few seconds, spread over the whole stem), and a single full pass then
+    writes the stem. The search runs first on every FIT_COARSE_EVERY-th piece of the excerpt (a few
+    times cheaper per step); steps on the whole excerpt then only correct the small difference.
     """
     piece = 2 * sample_rate
     stride = max(piece, frames * piece // (SAMPLE_S * sample_rate))
     parts = [next(audio_io.iter_blocks(path, piece, start=start, frames=piece))[:, :1]
              for start in range(0, max(frames - piece, 1), stride)]
     excerpt = np.concatenate(parts) if parts else np.zeros((0, 1), dtype=np.float32)
-    tried: list[tuple[float, float]] = []
-    for _ in range(MAX_FIT_STEPS):
-        lufs = _limited_loudness(excerpt, gain_db, sample_rate, peak_dbtp)
-        if not math.isfinite(lufs) or abs(target_lufs - lufs) <= LEVEL_TOLERANCE_LU / 4:
-            break
-        tried.append((gain_db, lufs))
-        if len(tried) >= 2 and tried[-1][1] != tried[-2][1]:
-            (g0, l0), (g1, l1) = tried[-2], tried[-1]
-            gain_db = g1 + (target_lufs - l1) / max((l1 - l0) / (g1 - g0), 0.2)
-        else:
-            gain_db += target_lufs - lufs
+    fit = {"sample_rate": sample_rate, "target_lufs": target_lufs, "peak_dbtp": peak_dbtp}
+    slope = 1.0
+    if len(parts) >= 2 * FIT_COARSE_EVERY:
+        coarse = np.concatenate(parts[FIT_COARSE_EVERY // 2 :: FIT_COARSE_EVERY])
+        gain_db, slope, _ = _search_gain(coarse, gain_db, steps=MAX_FIT_STEPS, **fit)
+    gain_db, _, _ = _search_gain(excerpt, gain_db, steps=MAX_FIT_STEPS, slope=slope, **fit)
     return gain_db
 
 
@@ -399,9 +449,11 @@ def level_stem(path: Path, analysis: _StemAnalysis, *, sample_rate: int, target_
 
     Nothing is rewritten when the normalized stem already peaks below ``peak_dbtp``. The master applies
     the small remaining gain (target - measured), which fits in the headroom left above ``peak_dbtp``.
-    Returns the analysis of the stem as it now is.
+    Returns the analysis of the stem as it now is (measured on the limited blocks as they are written).
     """
     gain_db = target_lufs - analysis.lufs
+    if analysis.true_peak_db is None:
+        raise ValueError("level_stem needs an analysis with the true peak measured")
     if not math.isfinite(analysis.lufs) or analysis.true_peak_db + gain_db <= peak_dbtp:
         return analysis
     gain_db = _fit_gain(path, analysis.frames, gain_db, sample_rate=sample_rate, target_lufs=target_lufs,
@@ -410,14 +462,17 @@ def level_stem(path: Path, analysis: _StemAnalysis, *, sample_rate: int, target_
     params = limiter.LimiterParams(sample_rate=sample_rate, ceiling_dbtp=peak_dbtp)
     state = limiter.limiter_init(params, 1)
     gain = np.float32(10 ** (gain_db / 20))
+    stem = _StemMeter(sample_rate, true_peak=False)
     with audio_io.open_stem_writer(leveled, sample_rate=sample_rate, channels=1) as out:
         for block in audio_io.iter_blocks(path, 1 << 16):
             limited, state = limiter.limiter_process(state, block[:, :1] * gain)
             out.write(limited)
+            stem.add(limited)
         limited, state = limiter.limiter_flush(state)
         out.write(limited)
+        stem.add(limited)
     leveled.replace(path)
-    return _analyse(path, sample_rate)
+    return stem.result()
 
 
 def _trim_and_fade(samples: np.ndarray, sample_rate: int) -> np.ndarray:

@@ -1,0 +1,79 @@
+"""Voice-stem levelling: the analysis as heard, the gain fit, and the single write-and-measure pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from examples.make_assets import speech_like
+from mindscript import audio_io, voice
+from mindscript.dsp import ducking, loudness, truepeak
+
+SR = 44100
+TARGET = -16.0
+PEAK = -3.0
+
+
+def _stem(tmp_path: Path, seconds: float) -> Path:
+    return audio_io.write_wav_f32(tmp_path / "voice.wav", speech_like(seconds, SR), SR)
+
+
+def test_analysis_reads_the_mono_stem_as_heard_in_both_channels(tmp_path: Path) -> None:
+    path = _stem(tmp_path, 30.0)
+    x = np.concatenate(list(audio_io.iter_blocks(path, 1 << 20)))[:, :1]
+    hop = int(round(voice.HOP_S * SR))
+    # The straightforward reading: the stem duplicated into L and R, measured in one piece.
+    stereo = loudness.meter_update(loudness.meter_init(SR, 2), np.repeat(x, 2, axis=1))
+    analysis = voice._analyse(path, SR)
+    assert analysis.frames == x.shape[0]
+    assert analysis.lufs == loudness.meter_result(stereo).integrated_lufs
+    assert np.array_equal(analysis.speech_blocks, loudness.gated_blocks(stereo))
+    assert np.array_equal(analysis.activity, ducking.speech_activity(x, SR, hop))
+    assert abs(analysis.true_peak_db - truepeak.true_peak_dbtp(x, SR)) < 1e-5  # FFT rounding of other windows
+
+
+@pytest.mark.parametrize("sizes", [[1000], [65536, 441], [7, 12345, 4410]])
+def test_stem_meter_does_not_depend_on_block_sizes(tmp_path: Path, sizes: list[int]) -> None:
+    x = speech_like(12.3, SR)  # not a whole number of hops
+    one = voice._StemMeter(SR)
+    one.add(x)
+    whole = one.result()
+    meter = voice._StemMeter(SR)
+    i = k = 0
+    while i < x.shape[0]:
+        meter.add(x[i : i + sizes[k % len(sizes)]])
+        i += sizes[k % len(sizes)]
+        k += 1
+    blocked = meter.result()
+    assert blocked.frames == whole.frames and blocked.lufs == whole.lufs
+    assert abs(blocked.true_peak_db - whole.true_peak_db) < 1e-5
+    assert np.array_equal(blocked.activity, whole.activity)
+    assert np.array_equal(blocked.speech_blocks, whole.speech_blocks)
+
+
+def test_peaky_stem_is_levelled_onto_the_target_under_the_peak(tmp_path: Path) -> None:
+    path = _stem(tmp_path, 60.0)
+    before = voice._analyse(path, SR)
+    assert before.true_peak_db + (TARGET - before.lufs) > PEAK + 3  # needs real limiting
+    after = voice.level_stem(path, before, sample_rate=SR, target_lufs=TARGET, peak_dbtp=PEAK)
+    assert abs(after.lufs - TARGET) <= voice.LEVEL_TOLERANCE_LU / 2
+    # What the single write-and-measure pass reported is what the file now holds.
+    reread = voice._analyse(path, SR)
+    assert reread.frames == after.frames == before.frames
+    assert abs(reread.lufs - after.lufs) < 1e-9
+    assert np.array_equal(reread.activity, after.activity)
+    assert np.array_equal(reread.speech_blocks, after.speech_blocks)
+    assert reread.true_peak_db <= PEAK + 0.01
+
+
+def test_stem_under_the_peak_is_left_alone(tmp_path: Path) -> None:
+    t = np.arange(20 * SR) / SR
+    tone = 0.05 * np.sin(2 * np.pi * 300 * t) * ((t % 3.0) < 2.0)  # a crest factor of 3 dB: no limiting needed
+    path = audio_io.write_wav_f32(tmp_path / "voice.wav", tone.astype(np.float32)[:, None], SR)
+    before = voice._analyse(path, SR)
+    assert before.true_peak_db + (TARGET - before.lufs) <= PEAK
+    data = path.read_bytes()
+    assert voice.level_stem(path, before, sample_rate=SR, target_lufs=TARGET, peak_dbtp=PEAK) is before
+    assert path.read_bytes() == data
