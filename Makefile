@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench lint clean worker
+.PHONY: setup demo test bench lint clean worker soak
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s); set PYTHON=python3.11" % sys.version.split()[0])'
@@ -31,6 +31,12 @@ bench: $(STAMP)
 	$(PY) bench/render_bench.py --record --repeats 5
 	$(PY) bench/flow_overhead.py --runs 5 --record
 	$(PY) bench/tts_bench.py --seconds-per-char 0.004 --record
+
+# Soak under faults (issue 7): two workers, SOAK_JOBS mixed jobs, faults injected; one summary line, exit 1 on a
+# failed check. SOAK_ARGS=--record appends the line to bench/RESULTS.md.
+SOAK_JOBS ?= 200
+soak: $(STAMP)
+	$(PY) bench/soak.py --jobs $(SOAK_JOBS) $(SOAK_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check mindscript tasks flows tests bench examples deployments
