@@ -14,6 +14,18 @@ ROOT = Path(__file__).resolve().parent.parent
 pytest_plugins = ["tests.pg"]  # Postgres fixtures (pg_dsn, pg_queue): DATABASE_URL or an embedded server
 
 
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[str]:
+    """One Prefect test server for the whole session (starting one costs ~10 s); its API URL. tests/flows use
+    it for every test; elsewhere a test asks for it by name."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        from prefect.settings import PREFECT_API_URL
+
+        yield str(PREFECT_API_URL.value())
+
+
 @pytest.fixture
 def worker_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Settings pointed at a private work dir and local storage dir (cache cleared before and after)."""

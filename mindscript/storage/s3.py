@@ -89,6 +89,11 @@ class S3Storage:
         import boto3
         from botocore.config import Config
 
+        # botocore.auth logs each signature at DEBUG, beside the canonical request; for a presigned URL that
+        # signature is the URL's bearer token, so DEBUG logs would hand out private renders. Never below INFO.
+        auth_log = logging.getLogger("botocore.auth")
+        if auth_log.getEffectiveLevel() < logging.INFO:
+            auth_log.setLevel(logging.INFO)
         c = self.config
         return boto3.session.Session().client(
             "s3",

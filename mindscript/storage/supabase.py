@@ -29,6 +29,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from mindscript.errors import AssetNotFound, AssetTooLarge, StorageBucketRejected, StorageError, StorageRejected
+from mindscript.redact import redact, scrub
 from mindscript.storage.base import (
     ProgressCallback,
     RetryPolicy,
@@ -333,16 +334,20 @@ class SupabaseStorage:
         import httpx
         from storage3.exceptions import StorageApiError
 
+        scrub(exc, [self.config.service_key.get_secret_value()])  # it stays the cause: printed in tracebacks
         if isinstance(exc, StorageApiError):
             status = _status(exc)
             message = f"{exc.code}: {exc.message}" if exc.code and exc.code != "InternalError" else str(exc.message)
             return self._http_error(status, message[:300], what=what, bucket=bucket, size=size, hint=hint)
         if isinstance(exc, httpx.TransportError):
             return StorageError(f"{what}: {type(exc).__name__}")
-        return StorageRejected(f"{what}: unexpected {type(exc).__name__}: {exc}")
+        return StorageRejected(redact(f"{what}: unexpected {type(exc).__name__}: {exc}",
+                                      [self.config.service_key.get_secret_value()]))
 
     def _http_error(self, status: int | None, message: str, *, what: str, bucket: str, size: int | None = None,
                     hint: str | None = None) -> Exception:
+        # the vendor's words, minus the service key should a proxy echo it
+        message = redact(message, [self.config.service_key.get_secret_value()])
         detail = f"{what}: HTTP {status if status is not None else '?'} {message}".rstrip()
         if status is None or is_transient_status(status):
             return StorageError(detail)

@@ -23,6 +23,7 @@ from mindscript.errors import (
     ProviderRejected,
     RenderError,
 )
+from mindscript.redact import redact, scrub
 from mindscript.tts.base import AudioFormat, TTSAudio, TTSRequest
 
 __all__ = ["MODEL_CHAR_LIMITS", "ElevenLabsProvider"]
@@ -137,7 +138,8 @@ class ElevenLabsProvider:
         try:
             data = b"".join(self._get_client().text_to_speech.convert(request.voice, **kwargs))
         except ApiError as exc:
-            raise _translate(exc, model=model, voice=request.voice) from exc
+            raise _translate(exc, model=model, voice=request.voice,
+                             secret=self._api_key) from scrub(exc, [self._api_key])
         except httpx.TimeoutException as exc:
             raise ProviderError(f"ElevenLabs TTS timed out after {self.timeout_s:g} s (model {model!r})") from exc
         except httpx.TransportError as exc:
@@ -147,8 +149,9 @@ class ElevenLabsProvider:
         return TTSAudio(data=data, fmt="pcm_s16le", sample_rate=self._sample_rate, channels=1)
 
 
-def _translate(exc: Any, *, model: str, voice: str) -> RenderError:
-    """Map an ``ApiError`` to the taxonomy; the message quotes the vendor's status and message only."""
+def _translate(exc: Any, *, model: str, voice: str, secret: str | None = None) -> RenderError:
+    """Map an ``ApiError`` to the taxonomy; the message quotes the vendor's status and message only, with
+    ``secret`` (the API key, which a proxy may echo) redacted."""
     status = int(getattr(exc, "status_code", 0) or 0)
     body = getattr(exc, "body", None)
     detail = body.get("detail") if isinstance(body, dict) else None
@@ -156,8 +159,8 @@ def _translate(exc: Any, *, model: str, voice: str) -> RenderError:
     vendor_message = str(detail.get("message", "")) if isinstance(detail, dict) else ""
     if not vendor_message and isinstance(detail, list | str):
         vendor_message = str(detail)
-    shown = f"HTTP {status}" + (f" {vendor_status}" if vendor_status else "") + (
-        f": {vendor_message[:300]}" if vendor_message else "")
+    shown = redact(f"HTTP {status}" + (f" {vendor_status}" if vendor_status else "") + (
+        f": {vendor_message[:300]}" if vendor_message else ""), [secret])
     where = f"ElevenLabs TTS (model {model!r}, voice {voice!r})"
     if vendor_status == "quota_exceeded":
         return ProviderRejected(f"{where}: quota exhausted, not retried ({shown})")

@@ -24,6 +24,7 @@ from mindscript.errors import (
     ProviderRejected,
     RenderError,
 )
+from mindscript.redact import redact, scrub
 from mindscript.tts.base import AudioFormat, TTSAudio, TTSRequest
 
 __all__ = ["MAX_INPUT_CHARS", "OpenAIProvider"]
@@ -115,7 +116,8 @@ class OpenAIProvider:
             response = self._get_client().audio.speech.create(**kwargs)
             data = response.read()
         except openai.APIStatusError as exc:
-            raise _translate_status(exc, model=model, voice=request.voice) from exc
+            raise _translate_status(exc, model=model, voice=request.voice,
+                                    secret=self._api_key) from scrub(exc, [self._api_key])
         except openai.APITimeoutError as exc:
             raise ProviderError(f"OpenAI TTS timed out after {self.timeout_s:g} s (model {model!r})") from exc
         except openai.APIConnectionError as exc:
@@ -126,13 +128,15 @@ class OpenAIProvider:
         return TTSAudio(data=data, fmt=fmt.fmt, sample_rate=fmt.sample_rate, channels=1)
 
 
-def _translate_status(exc: Any, *, model: str, voice: str) -> RenderError:
-    """Map an ``APIStatusError`` to the taxonomy; the message quotes the vendor's own message, never a key."""
+def _translate_status(exc: Any, *, model: str, voice: str, secret: str | None = None) -> RenderError:
+    """Map an ``APIStatusError`` to the taxonomy; the message quotes the vendor's own message, with ``secret``
+    (the API key, which OpenAI's 401 and proxies echo) redacted."""
     status = int(getattr(exc, "status_code", 0) or 0)
     code = getattr(exc, "code", None)
     body = getattr(exc, "body", None)
     vendor = body.get("message") if isinstance(body, dict) else None
-    detail = f"HTTP {status}" + (f" {code}" if code else "") + (f": {str(vendor)[:300]}" if vendor else "")
+    detail = redact(f"HTTP {status}" + (f" {code}" if code else "") + (f": {str(vendor)[:300]}" if vendor else ""),
+                    [secret])
     where = f"OpenAI TTS (model {model!r}, voice {voice!r})"
     if status == 429 and code == "insufficient_quota":
         return ProviderRejected(f"{where}: quota exhausted, not retried ({detail})")

@@ -1,16 +1,10 @@
-"""One Prefect test server for the whole session (starting one costs ~10 s)."""
+"""Every flow test runs against the session's Prefect test server (tests/conftest.py: prefect_harness)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 
 @pytest.fixture(scope="session", autouse=True)
-def prefect_server() -> Iterator[str]:
-    with prefect_test_harness(server_startup_timeout=180):
-        from prefect.settings import PREFECT_API_URL
-
-        yield str(PREFECT_API_URL.value())
+def prefect_server(prefect_harness: str) -> str:
+    return prefect_harness
