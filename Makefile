@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench lint clean worker soak
+.PHONY: setup demo test bench lint clean worker soak audit
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s); set PYTHON=python3.11" % sys.version.split()[0])'
@@ -39,7 +39,12 @@ soak: $(STAMP)
 	$(PY) bench/soak.py --jobs $(SOAK_JOBS) $(SOAK_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check mindscript tasks flows tests bench examples deployments
+	$(PY) -m ruff check mindscript tasks flows tests bench examples deployments tools
+
+# pip-audit over the installed dependencies (tools/audit.py): exit 1 on a known vulnerability; when the
+# vulnerability service is unreachable it prints AUDIT NOT RUN and exits 0 (AUDIT_STRICT=1: exit 2).
+audit: $(STAMP)
+	$(PY) tools/audit.py
 
 clean:
 	rm -rf output .mindscript .pytest_cache bench/.cache
