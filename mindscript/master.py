@@ -17,6 +17,7 @@ import os
 import time
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -358,20 +359,68 @@ def render_pass(plan: MasterPlan, mixer: Mixer, out_path: Path, on_progress: Pro
             on_progress(1.0, f"mixed {total / plan.sample_rate:.0f} s")
 
 
-def measure_file(path: Path, speech_blocks: np.ndarray | None = None) -> Quality:
+# The delivered file is measured in parts at once (libsndfile's decoder, the K-weighting filter and the FFTs
+# release the GIL); each part after the first starts a second early so its filter has settled, and parts
+# start on whole seconds so the 100 ms loudness steps of all parts fall on one grid.
+_MEASURE_PART_MIN_S = 30
+_MEASURE_PREROLL_S = 1
+
+
+def _measure_part(path: Path, info: audio_io.AudioInfo, start: int, stop: int,
+                  preroll: int) -> tuple[loudness.MeterState, float, int]:
+    """Meter frames ``[start - preroll, stop)``, true peak of ``[start, stop)``: (meter, peak, frames decoded
+    of ``[start, stop)``)."""
+    sr, last = info.sample_rate, stop >= info.frames
+    meter = loudness.meter_init(sr, info.channels)
+    peak_state = truepeak.truepeak_init(info.channels)
+    peak = 0.0
+    pos = start - preroll  # frame of the next block's first sample
+    # the true peak of frames near ``stop`` needs LATENCY_FRAMES of lookahead past it (unless the file ends)
+    end = info.frames if last else min(info.frames, stop + truepeak.LATENCY_FRAMES)
+    tp_from = max(0, start - truepeak.LATENCY_FRAMES - 32)  # the interpolator's own warm-up
+    for block in audio_io.iter_blocks(path, 1 << 16, start=pos, frames=end - pos):
+        n = len(block)
+        meter = loudness.meter_update(meter, block[: max(0, stop - pos)])
+        if pos + n > tp_from:
+            lo = max(0, tp_from - pos)
+            first_out = peak_state.frames_out
+            env, peak_state = truepeak.oversampled_peaks(peak_state, block[lo:], floor=peak)
+            peak = _peak_within(env, tp_from + first_out, start, stop, peak)
+        pos += n
+    if last:
+        first_out = peak_state.frames_out
+        env, peak_state = truepeak.truepeak_flush(peak_state)
+        peak = _peak_within(env, tp_from + first_out, start, stop, peak)
+    return meter, peak, max(0, min(pos, stop) - start)
+
+
+def _peak_within(env: np.ndarray, env_start: int, start: int, stop: int, peak: float) -> float:
+    lo, hi = max(0, start - env_start), min(len(env), stop - env_start)
+    return max(peak, float(env[lo:hi].max())) if hi > lo else peak
+
+
+def measure_file(path: Path, speech_blocks: np.ndarray | None = None, *, parts: int = 2) -> Quality:
     """Loudness, speech loudness, true peak and LRA of an encoded file, decoded block by block.
 
     Speech loudness is the integrated loudness over the gating blocks in which the voice stem itself was
-    measured (``speech_blocks``), i.e. the voice as delivered, beds under it included.
+    measured (``speech_blocks``), i.e. the voice as delivered, beds under it included. A file longer than a
+    minute is measured as ``parts`` stretches at once, with the same figures as one pass.
     """
     info = audio_io.read_info(path)
-    meter = loudness.meter_init(info.sample_rate, info.channels)
-    peak = truepeak.truepeak_init(info.channels)
-    frames = 0
-    for block in audio_io.iter_blocks(path, 1 << 16):
-        meter = loudness.meter_update(meter, block)
-        peak = truepeak.truepeak_update(peak, block)
-        frames += len(block)
+    sr, total = info.sample_rate, info.frames
+    n = max(1, min(parts, total // (sr * _MEASURE_PART_MIN_S)))
+    cuts = [0, *(round(total * i / n / sr) * sr for i in range(1, n)), total]
+    jobs = [(cuts[i], cuts[i + 1], min(cuts[i], _MEASURE_PREROLL_S * sr)) for i in range(n)]
+    if n == 1:
+        results = [_measure_part(path, info, *jobs[0])]
+    else:
+        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="measure") as pool:
+            results = list(pool.map(lambda job: _measure_part(path, info, *job), jobs))
+    meter = results[0][0]
+    for (_, _, preroll), (part, _, _) in zip(jobs[1:], results[1:], strict=True):
+        meter = loudness.meter_concat(meter, part, skip_steps=preroll * 10 // sr)
+    frames = sum(f for _, _, f in results)
+    peak = max(p for _, p, _ in results)
     stats = loudness.meter_result(meter)
     speech = None
     if speech_blocks is not None and speech_blocks.any():
@@ -379,10 +428,10 @@ def measure_file(path: Path, speech_blocks: np.ndarray | None = None) -> Quality
     return Quality(
         integrated_lufs=round(stats.integrated_lufs, 2),
         speech_lufs=None if speech is None or not math.isfinite(speech) else round(speech, 2),
-        true_peak_dbtp=round(truepeak.truepeak_db(peak), 2),
+        true_peak_dbtp=round(20 * math.log10(peak) if peak > 0 else -math.inf, 2),
         lra_lu=round(stats.lra_lu, 2),
-        duration_s=round(frames / info.sample_rate, 3),
-        sample_rate=info.sample_rate,
+        duration_s=round(frames / sr, 3),
+        sample_rate=sr,
         channels=info.channels,
         frames=frames,
     )

@@ -29,6 +29,7 @@ __all__ = [
     "integrated_loudness",
     "k_weighting_sos",
     "loudness_stats",
+    "meter_concat",
     "meter_init",
     "meter_result",
     "meter_steps",
@@ -392,3 +393,29 @@ def loudness_stats(samples: np.ndarray, sample_rate: int) -> LoudnessStats:
 def integrated_loudness(samples: np.ndarray, sample_rate: int) -> float:
     """One-shot gated integrated loudness (BS.1770-4) of a ``(frames, channels)`` signal, in LUFS."""
     return loudness_stats(samples, sample_rate).integrated_lufs
+
+
+def meter_concat(first: MeterState, second: MeterState, *, skip_steps: int = 0) -> MeterState:
+    """The meter of a stream measured as two parts at once: ``first``'s part followed by ``second``'s.
+
+    ``first`` must end on a 100 ms step boundary (no pending samples). ``second`` began ``skip_steps`` steps
+    before that boundary (a pre-roll in which its K-weighting filter settles); those steps are dropped. Both
+    meters' step grids must line up, i.e. ``second`` started on a frame that is a step boundary of the whole
+    stream (a whole number of seconds is one for every rate). The result equals the state of one meter fed
+    the whole stream, up to the filter's settling in the pre-roll (well under 1e-6 LU after one second).
+    """
+    for name, value in (("first", first), ("second", second)):
+        if not isinstance(value, MeterState):
+            raise ValueError(f"{name} must be a MeterState, got {type(value).__name__}")
+    if (first.sample_rate, first.channels, first.weights) != (second.sample_rate, second.channels, second.weights):
+        raise ValueError("meters differ in sample rate, channels or weights")
+    if first.pending.shape[1]:
+        raise ValueError(f"first must end on a step boundary; it holds {first.pending.shape[1]} pending frames")
+    if not 0 <= skip_steps <= second.steps_done:
+        raise ValueError(f"skip_steps must be within 0..{second.steps_done}, got {skip_steps!r}")
+    kept = meter_steps(second)[skip_steps:]
+    return dataclasses.replace(
+        second,
+        steps_done=first.steps_done + len(kept),
+        step_power=(*first.step_power, _readonly(np.ascontiguousarray(kept))) if len(kept) else first.step_power,
+    )

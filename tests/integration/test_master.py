@@ -171,3 +171,26 @@ def test_parallel_mp3_segments_match_a_single_encoder_render(tmp_path: Path) -> 
             at = frame * mp3frames.FRAME_SAMPLES
             win = slice(at - 2304, at + 2304)
             assert np.max(np.abs(fast[win] - ref[win])) < 0.002  # about -60 dB under the tones
+
+
+def test_measuring_the_delivered_file_in_parts_gives_the_one_pass_figures(tmp_path: Path) -> None:
+    """The file is measured as stretches at once; a peak right at a cut and the speech mask still count."""
+    n = 95 * SR
+    t = np.arange(n) / SR
+    rng = np.random.default_rng(4)
+    x = np.stack([0.1 * np.sin(2 * np.pi * 300 * t), 0.08 * np.sin(2 * np.pi * 410 * t)], axis=1)
+    x += 0.03 * rng.standard_normal((n, 2)) * (np.sin(2 * np.pi * t / 13) > 0)[:, None]
+    cut = round(n / 2 / SR) * SR  # where the two-part measurement splits
+    burst = np.sin(np.pi / 2 * np.arange(16) + np.pi / 4)[:, None]
+    x[cut - 8:cut + 8] = 0.7 * burst  # an fs/4 sine at 45 degrees: inter-sample peaks 3 dB over its samples
+    path = tmp_path / "p.mp3"
+    with audio_io.open_encoder(path, fmt="mp3", sample_rate=SR) as enc:
+        enc.write(x.astype(np.float32))
+    mask = (np.arange(n // (SR // 10) - 3) % 7) < 4
+    one = master.measure_file(path, mask, parts=1)
+    for parts in (2, 3):
+        assert master.measure_file(path, mask, parts=parts) == one
+    y, rate = decode(path)
+    assert one.frames == n and abs(one.true_peak_dbtp - true_peak_dbtp(y)) <= 0.02
+    assert abs(one.integrated_lufs - lufs(y, rate)) <= 0.05
+    assert one.true_peak_dbtp > 20 * np.log10(0.6)  # the peak is the burst at the cut, found by both parts
