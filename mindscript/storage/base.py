@@ -189,14 +189,18 @@ def with_fallback(put_to: Callable[[str], StoredObject], bucket: str, fallback: 
     except StorageBucketRejected as exc:
         if not fallback or fallback == bucket:
             raise
-        log.warning("bucket %r refused the upload (%s); storing in UPLOAD_FALLBACK_BUCKET %r", bucket,
-                    exc.message, fallback)
-        try:
-            stored = put_to(fallback)
-        except StorageBucketRejected as again:
-            raise StorageBucketRejected(
-                f"{exc.message}; UPLOAD_FALLBACK_BUCKET={fallback!r} refused it too: {again.message}") from again
-        return replace(stored, fallback_from=bucket, fallback_reason=exc.message)
+        refused = exc
+    # The fallback runs outside the except block on purpose: an exception raised (or re-raised from a transfer
+    # thread) while the refusal is being handled gets the refusal as its __context__, and the S3 adapter reads
+    # a vendor status from the chain: a transient 500 on the fallback was taken for the first bucket's 403.
+    log.warning("bucket %r refused the upload (%s); storing in UPLOAD_FALLBACK_BUCKET %r", bucket,
+                refused.message, fallback)
+    try:
+        stored = put_to(fallback)
+    except StorageBucketRejected as again:
+        raise StorageBucketRejected(
+            f"{refused.message}; UPLOAD_FALLBACK_BUCKET={fallback!r} refused it too: {again.message}") from again
+    return replace(stored, fallback_from=bucket, fallback_reason=refused.message)
 
 
 def file_size(path: Path) -> int:
