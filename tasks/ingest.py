@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import task
@@ -17,6 +18,11 @@ from tasks.queue import get_queue, record_failure
 
 log = logging.getLogger(__name__)
 RENDER_DEPLOYMENT = "render_job/render"
+# A run's own state hooks write its row back right after the run enters its final state (the completion hook
+# after Completed). Settling the row from the state before they had time raced them: a Completed run's row
+# went back to pending and the job was rendered twice (the soak, bench/soak.py, saw it). Ingest settles a
+# row only when its run has been final this long and the row still says processing.
+SETTLE_AFTER_S = 20.0
 
 
 def work_queue_for(priority: int) -> str:
@@ -42,7 +48,8 @@ def requeue_expired() -> list[str]:
 @task(name="reconcile-flow-runs", cache_policy=NO_CACHE)
 def reconcile_flow_runs() -> dict[str, str]:
     """Rows still processing whose flow run ended without writing back (SIGKILL, lost hook): settle them.
-    Rows whose flow run is still scheduled or running get their lease renewed."""
+    Rows whose flow run is still scheduled or running, or ended less than SETTLE_AFTER_S ago (its hooks may be
+    writing the row right now), get their lease renewed."""
     from prefect.client.orchestration import get_client
 
     queue, settings = get_queue(), get_settings()
@@ -58,7 +65,7 @@ def reconcile_flow_runs() -> dict[str, str]:
             except Exception as exc:  # an unknown run (server reset): leave it to the lease
                 log.warning("job %s: flow run %s unreadable: %s", row.id, row.flow_run_id, exc)
                 continue
-            if state is None or not state.is_final():
+            if state is None or not state.is_final() or _age_s(state) < SETTLE_AFTER_S:
                 queue.extend_lease(row.id, row.attempts, settings.queue_lease_s)
                 continue
             why = f"flow run {row.flow_run_id} ended {state.name} without writing back: {state.message or ''}".strip()
@@ -68,6 +75,12 @@ def reconcile_flow_runs() -> dict[str, str]:
             else:
                 settled[str(row.id)] = record_failure(row.id, row.attempts, RuntimeError(why)) or "unchanged"
     return settled
+
+
+def _age_s(state: Any) -> float:
+    """Seconds since the state was entered (a state without a timestamp counts as old)."""
+    at = getattr(state, "timestamp", None)
+    return float("inf") if at is None else (datetime.now(UTC) - at).total_seconds()
 
 
 @task(name="claim-jobs", cache_policy=NO_CACHE)

@@ -96,7 +96,9 @@ def test_the_same_row_twice_yields_one_flow_run(queue: PostgresQueue, render_dep
     assert [str(r.id) for r in runs] == [one]
 
 
-def test_a_crashed_run_that_wrote_nothing_is_requeued_by_ingest(queue: PostgresQueue, render_deployment: str) -> None:
+def test_a_crashed_run_that_wrote_nothing_is_requeued_by_ingest(queue: PostgresQueue, render_deployment: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ingest_tasks, "SETTLE_AFTER_S", 0.0)  # the crash is old news
     job = queue.enqueue(VOICE_ONLY)
     out = ingest_queue(max_jobs=1, deployment=render_deployment)
     run_id = uuid.UUID(out["submitted"][str(job.id)])
@@ -106,6 +108,34 @@ def test_a_crashed_run_that_wrote_nothing_is_requeued_by_ingest(queue: PostgresQ
     assert out["reconciled"] == {str(job.id): "pending"}
     row = queue.get(job.id)
     assert row is not None and row.status == "pending" and "Crashed" in (row.error or "")
+
+
+def test_a_run_that_just_completed_is_left_to_its_own_hook(queue: PostgresQueue, render_deployment: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The completion hook writes the row right after the run enters Completed: ingest must not settle the row
+    from the state in between (it did: the row went back to pending and the job was rendered twice)."""
+    from prefect.states import Completed
+
+    job = queue.enqueue(VOICE_ONLY)
+    out = ingest_queue(max_jobs=1, deployment=render_deployment)
+    run_id = uuid.UUID(out["submitted"][str(job.id)])
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run_id, Completed(), force=True)
+    lease = queue.get(job.id).locked_until  # type: ignore[union-attr]
+    out = ingest_queue(max_jobs=0, deployment=render_deployment)
+    row = queue.get(job.id)
+    assert out["reconciled"] == {} and row is not None and row.status == "processing"
+    assert row.locked_until is not None and lease is not None and row.locked_until >= lease  # kept leased
+    assert queue.complete(job.id, row.attempts, {"success": True, "data": None})  # the hook's write lands
+
+    # a run that ended long ago without writing back (its hook never ran) is settled
+    other = queue.enqueue(VOICE_ONLY)
+    out = ingest_queue(max_jobs=1, deployment=render_deployment)
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(uuid.UUID(out["submitted"][str(other.id)]), Completed(), force=True)
+    monkeypatch.setattr(ingest_tasks, "SETTLE_AFTER_S", 0.0)
+    out = ingest_queue(max_jobs=0, deployment=render_deployment)
+    assert out["reconciled"] == {str(other.id): "pending"}
 
 
 def _progress_log(dsn: str) -> None:
