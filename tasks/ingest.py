@@ -23,6 +23,10 @@ RENDER_DEPLOYMENT = "render_job/render"
 # went back to pending and the job was rendered twice (the soak, bench/soak.py, saw it). Ingest settles a
 # row only when its run has been final this long and the row still says processing.
 SETTLE_AFTER_S = 20.0
+# Pending means a runner took the run and is starting its process (seconds, a minute on a loaded machine). A
+# run still Pending after this long lost its worker in between (killed while submitting): no process and no
+# heartbeat will ever move it, so ingest crashes it and settles the row (the soak found such a row stuck).
+PENDING_TIMEOUT_S = 180.0
 
 
 def work_queue_for(priority: int) -> str:
@@ -49,7 +53,8 @@ def requeue_expired() -> list[str]:
 def reconcile_flow_runs() -> dict[str, str]:
     """Rows still processing whose flow run ended without writing back (SIGKILL, lost hook): settle them.
     Rows whose flow run is still scheduled or running, or ended less than SETTLE_AFTER_S ago (its hooks may be
-    writing the row right now), get their lease renewed."""
+    writing the row right now), get their lease renewed. A run Pending for over PENDING_TIMEOUT_S lost its
+    worker while being started: it is marked Crashed and its row settled."""
     from prefect.client.orchestration import get_client
 
     queue, settings = get_queue(), get_settings()
@@ -65,6 +70,12 @@ def reconcile_flow_runs() -> dict[str, str]:
             except Exception as exc:  # an unknown run (server reset): leave it to the lease
                 log.warning("job %s: flow run %s unreadable: %s", row.id, row.flow_run_id, exc)
                 continue
+            if state is not None and state.is_pending() and _age_s(state) > PENDING_TIMEOUT_S:
+                why = (f"flow run {row.flow_run_id} was {state.name} (Pending) for {_age_s(state):.0f} s: the worker "
+                       "that took it is gone")
+                _crash(client, row.flow_run_id, why)
+                settled[str(row.id)] = record_failure(row.id, row.attempts, RuntimeError(why)) or "unchanged"
+                continue
             if state is None or not state.is_final() or _age_s(state) < SETTLE_AFTER_S:
                 queue.extend_lease(row.id, row.attempts, settings.queue_lease_s)
                 continue
@@ -75,6 +86,16 @@ def reconcile_flow_runs() -> dict[str, str]:
             else:
                 settled[str(row.id)] = record_failure(row.id, row.attempts, RuntimeError(why)) or "unchanged"
     return settled
+
+
+def _crash(client: Any, flow_run_id: Any, message: str) -> None:
+    """Mark an abandoned run Crashed so the UI says what happened (best effort: the row is settled anyway)."""
+    from prefect.states import Crashed
+
+    try:
+        client.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
+    except Exception as exc:  # noqa: BLE001 - the API blipped; the fenced row write below is what matters
+        log.warning("flow run %s not marked Crashed: %s", flow_run_id, exc)
 
 
 def _age_s(state: Any) -> float:

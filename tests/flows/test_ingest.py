@@ -138,6 +138,29 @@ def test_a_run_that_just_completed_is_left_to_its_own_hook(queue: PostgresQueue,
     assert out["reconciled"] == {str(other.id): "pending"}
 
 
+def test_a_run_left_pending_by_a_dead_worker_is_crashed_and_requeued(queue: PostgresQueue, render_deployment: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runner that took the run (Pending) and died before starting its process leaves it Pending forever:
+    no heartbeat, no hook. Ingest renewed the row's lease forever; now it crashes the run and requeues the row."""
+    from prefect.states import Pending
+
+    job = queue.enqueue(VOICE_ONLY)
+    out = ingest_queue(max_jobs=1, deployment=render_deployment)
+    run_id = uuid.UUID(out["submitted"][str(job.id)])
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run_id, Pending(name="Submitting"), force=True)
+    assert ingest_queue(max_jobs=0, deployment=render_deployment)["reconciled"] == {}  # a start takes time
+    assert queue.get(job.id).status == "processing"  # type: ignore[union-attr]
+
+    monkeypatch.setattr(ingest_tasks, "PENDING_TIMEOUT_S", 0.0)
+    out = ingest_queue(max_jobs=0, deployment=render_deployment)
+    assert out["reconciled"] == {str(job.id): "pending"}
+    row = queue.get(job.id)
+    assert row is not None and row.status == "pending" and "the worker that took it is gone" in (row.error or "")
+    run = _flow_run(run_id)
+    assert run.state.is_crashed() and "Pending" in (run.state.message or "")
+
+
 def _progress_log(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("""
