@@ -259,11 +259,17 @@ def wait_and_inject(args: argparse.Namespace, queue: Any, jobs: dict[str, Planne
     Returns how many times a worker exited without being told to (each is restarted)."""
     deadline = time.monotonic() + args.timeout
     last_report, unexpected = 0.0, 0
+    last_finished, last_change = -1, time.monotonic()
     while True:
         stats = queue.stats()
         finished = (stats.get("completed") or 0) + (stats.get("failed") or 0) + (stats.get("cancelled") or 0)
         progress = finished / len(jobs)
         now = time.monotonic()
+        if finished != last_finished:
+            last_finished, last_change = finished, now
+        elif now - last_change > args.stall_timeout:
+            log(f"no job finished for {args.stall_timeout:.0f} s: stopping with {len(jobs) - finished} unfinished")
+            return unexpected
         if now - last_report >= 20:
             last_report = now
             log(f"{finished}/{len(jobs)} finished (completed {stats.get('completed')}, failed {stats.get('failed')}, "
@@ -356,7 +362,8 @@ def summary_line(args: argparse.Namespace, jobs: dict[str, PlannedJob], rows: di
             f"TTS requests openai {info.get('openai_requests')} for {info.get('openai_chunks')} chunks "
             f"(max {info.get('openai_max_per_chunk')}/chunk), elevenlabs {info.get('elevenlabs_requests')} for "
             f"{info.get('elevenlabs_chunks')} (max {info.get('elevenlabs_max_per_chunk')}); "
-            f"background downloads {bed_downloads}; flow runs {fmt(info.get('flow_runs', {}))}; "
+            f"background used {info.get('background_used')} ({bed_downloads} downloads), voice re-voiced by the "
+            f"fallback {info.get('voice_fallbacks')}; flow runs {fmt(info.get('flow_runs', {}))}; "
             f"objects {info.get('objects')} (stray {info.get('stray_objects')}); checks: {problems}; "
             f"{elapsed_jobs:.0f} s for the jobs, {total_s:.0f} s in all -> {'PASS' if verdict.passed else 'FAIL'}")
 
@@ -389,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tts-fault-rate", type=float, default=0.15)
     p.add_argument("--storage-fault-rate", type=float, default=0.15)
     p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for every job to finish")
+    p.add_argument("--stall-timeout", type=float, default=600,
+                   help="stop waiting when no job finished for this long (the rest are reported stuck)")
     p.add_argument("--code", choices=("head", "worktree"), default="head",
                    help="what the workers run: the committed tree (exported) or the working tree in place")
     p.add_argument("--keep", action="store_true", help="keep the worker logs and work dir")

@@ -7,7 +7,6 @@ non-zero when any count is not zero.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +56,15 @@ def check_outcomes(v: Verdict, jobs: dict[str, PlannedJob], rows: dict[str, Queu
                                         f"{(row.error or '')[:300]}")
         elif not (row.status == "failed" and job.invalid_field and job.invalid_field in (row.error or "")):
             v.fail("wrong_outcome", f"{job_id} (invalid {job.invalid_field}): {row.status}: {row.error!r}")
+    # what the completed renders say they used (not pass/fail: a skipped layer is a warning, not an error)
+    meta = {j: ((rows[j].result or {}).get("data") or {}).get("metadata") or {} for j in jobs
+            if j in rows and rows[j].status == "completed"}
+    with_bed = [j for j in meta if jobs[j].background]
+    used = sum(1 for j in with_bed if (meta[j].get("layers") or {}).get("background"))
+    v.info["background_used"] = f"{used}/{len(with_bed)}"
+    cloud = [j for j in meta if jobs[j].provider in ("openai", "elevenlabs")]
+    revoiced = sum(1 for j in cloud if (meta[j].get("tts") or {}).get("provider") != jobs[j].provider)
+    v.info["voice_fallbacks"] = f"{revoiced}/{len(cloud)}"
 
 
 def check_storage(v: Verdict, jobs: dict[str, PlannedJob], rows: dict[str, QueueJob],
@@ -119,26 +127,25 @@ def check_workspaces(v: Verdict, work_dir: Path) -> None:
         v.fail("workspaces_left", child.name)
 
 
-def chunk_key(voice: str, text: str) -> str:
-    return hashlib.sha256(f"{voice}|{text}".encode()).hexdigest()[:16]
-
-
 def check_tts_requests(v: Verdict, provider: str, by_chunk: dict[str, tuple[int, str, str]],
                        jobs: dict[str, PlannedJob], rows: dict[str, QueueJob], retries: int) -> None:
     """Requests per chunk <= (1 + retries) for one render attempt. A chunk needs a new round only when an
     attempt that used it was cut short (killed, requeued: ``attempts - 1`` of its jobs) or when every try of it
     failed and the job fell back to another voice (the next job that needs it asks again). So the bound is
-    (1 + retries) x (1 + those rounds); ``over_single`` counts chunks past 1 + retries (each explained)."""
+    (1 + retries) x (1 + those rounds); ``over_single`` counts chunks past 1 + retries (each explained).
+    A server chunk is (voice, text, context): ElevenLabs requests carry the neighbouring paragraphs, so one
+    paragraph in two scripts can be two chunks; both count the rounds of every job whose script has the text."""
     v.ok("tts_over_bound")
-    users: dict[str, list[str]] = defaultdict(list)
+    users: dict[tuple[str, str], list[str]] = defaultdict(list)
     for job_id, job in jobs.items():
         if job.provider == provider and job.voice is not None:
             for paragraph in job.paragraphs:
-                users[chunk_key(job.voice, paragraph)].append(job_id)
+                users[(job.voice, paragraph)].append(job_id)
     worst, over_single = 0, 0
-    for key, (n, voice, text) in by_chunk.items():
+    for n, voice, text in by_chunk.values():
+        used_by = users.get((voice, text), [])
         rounds = 1
-        for job_id in users.get(key, []):
+        for job_id in used_by:
             row = rows.get(job_id)
             if row is None:
                 continue
@@ -148,11 +155,11 @@ def check_tts_requests(v: Verdict, provider: str, by_chunk: dict[str, tuple[int,
                 rounds += 1  # this job's tries of the chunk all failed: it was re-voiced by the fallback
         worst = max(worst, n)
         over_single += n > 1 + retries
-        if not users.get(key):
+        if not used_by:
             v.fail("tts_over_bound", f"{provider} chunk {voice}|{text[:40]!r}: {n} requests for no job's script")
         elif n > (1 + retries) * rounds:
             v.fail("tts_over_bound", f"{provider} chunk {voice}|{text[:40]!r}: {n} requests > (1 + {retries}) x "
-                                     f"{rounds} round(s) (jobs {users[key][:4]})")
+                                     f"{rounds} round(s) (jobs {used_by[:4]})")
     v.info[f"{provider}_chunks"] = len(by_chunk)
     v.info[f"{provider}_requests"] = sum(n for n, _, _ in by_chunk.values())
     v.info[f"{provider}_max_per_chunk"] = worst

@@ -62,10 +62,12 @@ def test_requests_are_counted_per_voice_and_text() -> None:
         assert _speech(openai, "a", voice="alloy") == 200
         counts = sorted((n, v, t) for n, v, t in openai.by_chunk().values())
         assert counts == [(1, "alloy", "a"), (1, "nova", "b"), (2, "nova", "a")]
-        status = _post(f"{eleven.base_url}/v1/text-to-speech/{VOICE_ID}?output_format=pcm_24000",
-                       {"text": "hello", "model_id": "eleven_multilingual_v2"}, {"xi-api-key": eleven.api_key})
-        assert status == 200
-        assert list(eleven.by_chunk().values()) == [(1, VOICE_ID, "hello")]
+        for context in ({}, {}, {"next_text": "Goodbye."}):  # other neighbours: another chunk
+            status = _post(f"{eleven.base_url}/v1/text-to-speech/{VOICE_ID}?output_format=pcm_24000",
+                           {"text": "hello", "model_id": "eleven_multilingual_v2", **context},
+                           {"xi-api-key": eleven.api_key})
+            assert status == 200
+        assert sorted(eleven.by_chunk().values()) == [(1, VOICE_ID, "hello"), (2, VOICE_ID, "hello")]
 
 
 def test_s3_fault_injector_rate_and_seed() -> None:

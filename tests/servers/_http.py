@@ -5,7 +5,7 @@ vendor's documented wire format. Faults queued with ``fail_next`` are answered, 
 handling (each still recorded); ``fail_always`` answers every request with one fault. Random faults (the
 soak, bench/soak.py): with ``fault_rate`` each request, with that probability, gets one of ``fault_replies``
 or, when ``stall_s`` is set, a stall (the real answer after ``stall_s`` seconds, past the client's timeout);
-``seed`` makes the draws repeatable. ``by_chunk()`` counts requests per synthesized text (voice and text).
+``seed`` makes the draws repeatable. ``by_chunk()`` counts requests per chunk (voice, text and context).
 """
 
 from __future__ import annotations
@@ -141,16 +141,17 @@ class VendorServer(LoopbackServer):
     def handle(self, req: Recorded) -> Reply:  # pragma: no cover - subclasses implement
         raise NotImplementedError
 
-    def chunk_of(self, req: Recorded) -> tuple[str, str] | None:
-        """(voice, text) a synthesis request asks for; None for other requests. Subclasses implement."""
+    def chunk_of(self, req: Recorded) -> tuple[str, str, str] | None:
+        """(voice, text, context) a synthesis request asks for (context: whatever else the vendor conditions the
+        audio on, e.g. neighbouring text; "" when nothing); None for other requests. Subclasses implement."""
         return None
 
     def by_chunk(self) -> dict[str, tuple[int, str, str]]:
-        """Synthesis requests per chunk: sha256(voice|text)[:16] -> (requests, voice, text)."""
+        """Synthesis requests per chunk: sha256(voice|text|context)[:16] -> (requests, voice, text)."""
         with self._lock:
             requests = list(self.requests)
-        counts: Counter[tuple[str, str]] = Counter(c for r in requests if (c := self.chunk_of(r)) is not None)
-        return {hashlib.sha256(f"{v}|{t}".encode()).hexdigest()[:16]: (n, v, t) for (v, t), n in counts.items()}
+        counts: Counter[tuple[str, str, str]] = Counter(c for r in requests if (c := self.chunk_of(r)) is not None)
+        return {hashlib.sha256(f"{v}|{t}|{c}".encode()).hexdigest()[:16]: (n, v, t) for (v, t, c), n in counts.items()}
 
     def _random_fault(self) -> Reply | str | None:
         """Called under the lock: a random fault reply, "stall", or None (most requests)."""

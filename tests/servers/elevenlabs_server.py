@@ -43,12 +43,13 @@ class ElevenLabsServer(VendorServer):
     def tts_requests(self) -> list[Recorded]:
         return [r for r in self.requests if r.path.startswith("/v1/text-to-speech/")]
 
-    def chunk_of(self, req: Recorded) -> tuple[str, str] | None:
+    def chunk_of(self, req: Recorded) -> tuple[str, str, str] | None:
         match = _PATH.match(req.path)
         body = req.body if isinstance(req.body, dict) else {}
         if match is None or not isinstance(body.get("text"), str):
             return None
-        return match["voice"], body["text"]
+        # the neighbouring text conditions the audio: one text between other neighbours is another chunk
+        return match["voice"], body["text"], f"{body.get('previous_text') or ''}|{body.get('next_text') or ''}"
 
     def handle(self, req: Recorded) -> Reply:
         match = _PATH.match(req.path)

@@ -42,11 +42,11 @@ class OpenAIServer(VendorServer):
     def speech_requests(self) -> list[Recorded]:
         return [r for r in self.requests if r.path == "/v1/audio/speech"]
 
-    def chunk_of(self, req: Recorded) -> tuple[str, str] | None:
+    def chunk_of(self, req: Recorded) -> tuple[str, str, str] | None:
         body = req.body if isinstance(req.body, dict) else {}
         if req.path != "/v1/audio/speech" or not isinstance(body.get("input"), str):
             return None
-        return str(body.get("voice")), body["input"]
+        return str(body.get("voice")), body["input"], ""
 
     def handle(self, req: Recorded) -> Reply:
         if req.path != "/v1/audio/speech" or req.method != "POST":
