@@ -23,9 +23,11 @@ RENDER_DEPLOYMENT = "render_job/render"
 # went back to pending and the job was rendered twice (the soak, bench/soak.py, saw it). Ingest settles a
 # row only when its run has been final this long and the row still says processing.
 SETTLE_AFTER_S = 20.0
-# Pending means a runner took the run and is starting its process (seconds, a minute on a loaded machine). A
-# run still Pending after this long lost its worker in between (killed while submitting): no process and no
-# heartbeat will ever move it, so ingest crashes it and settles the row (the soak found such a row stuck).
+# Pending means a runner took the run and is starting its process (seconds, a minute on a loaded machine); the
+# render marks its row started first thing. A run still Pending after this long, or Running while its row was
+# never marked started, lost its worker in between (killed while starting it): no process, no hook and perhaps
+# not one heartbeat (the zombie automation needs one) will ever move it, so ingest crashes it and settles the
+# row (the soak found such rows stuck in processing).
 PENDING_TIMEOUT_S = 180.0
 
 
@@ -52,9 +54,11 @@ def requeue_expired() -> list[str]:
 @task(name="reconcile-flow-runs", cache_policy=NO_CACHE)
 def reconcile_flow_runs() -> dict[str, str]:
     """Rows still processing whose flow run ended without writing back (SIGKILL, lost hook): settle them.
-    Rows whose flow run is still scheduled or running, or ended less than SETTLE_AFTER_S ago (its hooks may be
-    writing the row right now), get their lease renewed. A run Pending for over PENDING_TIMEOUT_S lost its
-    worker while being started: it is marked Crashed and its row settled."""
+    A row whose flow run is scheduled (waiting for a runner), being started, or ended less than SETTLE_AFTER_S
+    ago (its hooks may be writing the row right now) gets its lease renewed. A run being started for over
+    PENDING_TIMEOUT_S lost its worker: it is marked Crashed and its row settled. A started render renews its
+    own lease, so its row is not renewed here: if its process died with its worker, the lease runs out and
+    ``requeue_expired`` takes the row back (renewing it here kept such rows in processing forever)."""
     from prefect.client.orchestration import get_client
 
     queue, settings = get_queue(), get_settings()
@@ -70,12 +74,15 @@ def reconcile_flow_runs() -> dict[str, str]:
             except Exception as exc:  # an unknown run (server reset): leave it to the lease
                 log.warning("job %s: flow run %s unreadable: %s", row.id, row.flow_run_id, exc)
                 continue
-            if state is not None and state.is_pending() and _age_s(state) > PENDING_TIMEOUT_S:
-                why = (f"flow run {row.flow_run_id} was {state.name} (Pending) for {_age_s(state):.0f} s: the worker "
-                       "that took it is gone")
+            starting = state is not None and (state.is_pending() or (state.is_running() and row.stage is None))
+            if starting and _age_s(state) > PENDING_TIMEOUT_S:
+                why = (f"flow run {row.flow_run_id} was {state.name} for {_age_s(state):.0f} s and its render never "
+                       "started: the worker that took it is gone")
                 _crash(client, row.flow_run_id, why)
                 settled[str(row.id)] = record_failure(row.id, row.attempts, RuntimeError(why)) or "unchanged"
                 continue
+            if state is not None and state.is_running() and not starting:
+                continue  # the render renews its own lease (tasks/queue.py Lease)
             if state is None or not state.is_final() or _age_s(state) < SETTLE_AFTER_S:
                 queue.extend_lease(row.id, row.attempts, settings.queue_lease_s)
                 continue

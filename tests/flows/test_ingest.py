@@ -138,17 +138,21 @@ def test_a_run_that_just_completed_is_left_to_its_own_hook(queue: PostgresQueue,
     assert out["reconciled"] == {str(other.id): "pending"}
 
 
-def test_a_run_left_pending_by_a_dead_worker_is_crashed_and_requeued(queue: PostgresQueue, render_deployment: str,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """A runner that took the run (Pending) and died before starting its process leaves it Pending forever:
-    no heartbeat, no hook. Ingest renewed the row's lease forever; now it crashes the run and requeues the row."""
-    from prefect.states import Pending
+@pytest.mark.parametrize("state", ["Pending", "Running"])
+def test_a_run_left_starting_by_a_dead_worker_is_crashed_and_requeued(queue: PostgresQueue, render_deployment: str,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      state: str) -> None:
+    """A runner that took the run (Pending) and died before its process started, or whose process died before
+    the render marked its row started (Running, maybe not one heartbeat sent), leaves the run there forever: no
+    hook, no zombie detection. Ingest renewed the row's lease forever; now it crashes the run and requeues it."""
+    from prefect.states import Pending, Running
 
     job = queue.enqueue(VOICE_ONLY)
     out = ingest_queue(max_jobs=1, deployment=render_deployment)
     run_id = uuid.UUID(out["submitted"][str(job.id)])
     with get_client(sync_client=True) as client:
-        client.set_flow_run_state(run_id, Pending(name="Submitting"), force=True)
+        client.set_flow_run_state(run_id, Pending(name="Submitting") if state == "Pending" else Running(),
+                                  force=True)
     assert ingest_queue(max_jobs=0, deployment=render_deployment)["reconciled"] == {}  # a start takes time
     assert queue.get(job.id).status == "processing"  # type: ignore[union-attr]
 
@@ -158,7 +162,29 @@ def test_a_run_left_pending_by_a_dead_worker_is_crashed_and_requeued(queue: Post
     row = queue.get(job.id)
     assert row is not None and row.status == "pending" and "the worker that took it is gone" in (row.error or "")
     run = _flow_run(run_id)
-    assert run.state.is_crashed() and "Pending" in (run.state.message or "")
+    assert run.state.is_crashed() and "render never started" in (run.state.message or "")
+
+
+def test_a_started_render_whose_process_died_is_requeued_when_its_lease_runs_out(
+        queue: PostgresQueue, render_deployment: str) -> None:
+    """A started render renews its own lease; ingest must not renew it for the render (it did, so a render
+    that died with its worker, without a heartbeat for the zombie automation, stayed processing forever)."""
+    import time
+
+    from prefect.states import Running
+
+    job = queue.enqueue(VOICE_ONLY)
+    out = ingest_queue(max_jobs=1, deployment=render_deployment)
+    run_id = uuid.UUID(out["submitted"][str(job.id)])
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run_id, Running(), force=True)
+    assert queue.start(job.id, 1, worker_id="gone", flow_run_id=run_id, lease_s=2)  # then its process died
+    assert ingest_queue(max_jobs=0, deployment=render_deployment)["requeued"] == []
+    time.sleep(2.5)
+    out = ingest_queue(max_jobs=0, deployment=render_deployment)
+    assert out["requeued"] == [str(job.id)]
+    row = queue.get(job.id)
+    assert row is not None and row.status == "pending" and "lease expired" in (row.error or "")
 
 
 def _progress_log(dsn: str) -> None:
