@@ -192,8 +192,9 @@ def _progress_log(dsn: str) -> None:
         conn.execute("""
             CREATE TABLE progress_log (at timestamptz DEFAULT clock_timestamp(), status text, progress float8,
                                        stage text, message text);
+            -- qualified: the queue functions run with an empty search_path, and so do triggers they fire
             CREATE FUNCTION log_progress() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN INSERT INTO progress_log (status, progress, stage, message)
+            BEGIN INSERT INTO public.progress_log (status, progress, stage, message)
                   VALUES (NEW.status, NEW.progress, NEW.stage, NEW.message); RETURN NEW; END $$;
             CREATE TRIGGER log_progress AFTER UPDATE ON audio_job_queue FOR EACH ROW EXECUTE FUNCTION log_progress();
         """)
