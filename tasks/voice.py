@@ -59,6 +59,11 @@ GLOBAL_LIMIT_PROVIDERS = ("openai", "elevenlabs")
 # Prefect's minimum. The holder renews the lease while the request runs; a killed worker's slot comes back
 # within this long.
 LEASE_S = 60.0
+# The slot of a killed worker comes back only when the server's repossessor revokes its expired lease, and an
+# ephemeral server (the CLI's, the test harness) runs no repossessor: its slots stay taken for good. Waiting
+# longer than this for a slot means that happened; the request then goes ahead under the per-process bound
+# instead of hanging the render (the soak, bench/soak.py, saw four renders hang on two leaked slots).
+SLOT_WAIT_S = 2 * LEASE_S
 _LIMITS: dict[tuple[str, str], int] = {}  # (Prefect API, limit name) -> size this process made sure of
 _LIMITS_FAILED: dict[tuple[str, str], float] = {}  # -> when the API last refused (asked again a minute later)
 _LIMITS_LOCK = threading.Lock()
@@ -126,10 +131,11 @@ def provider_slot(provider: str, settings: Settings) -> Iterator[None]:
         name = ensure_provider_limit(settings, provider)
         if name is not None:
             try:
-                stack.enter_context(concurrency(name, occupy=1, lease_duration=LEASE_S, holder=_holder()))
-            except ConcurrencySlotAcquisitionError as exc:
+                stack.enter_context(concurrency(name, occupy=1, lease_duration=LEASE_S, holder=_holder(),
+                                                timeout_seconds=SLOT_WAIT_S))
+            except (ConcurrencySlotAcquisitionError, TimeoutError) as exc:
                 log.warning("no slot of global concurrency limit %r (%s); sending under the per-process "
-                            "bound only", name, exc)
+                            "bound only", name, exc or f"none free within {SLOT_WAIT_S:g} s")
         yield
 
 
