@@ -135,7 +135,7 @@ def provider_slot(provider: str, settings: Settings) -> Iterator[None]:
                                                 timeout_seconds=SLOT_WAIT_S))
             except (ConcurrencySlotAcquisitionError, TimeoutError) as exc:
                 log.warning("no slot of global concurrency limit %r (%s); sending under the per-process "
-                            "bound only", name, exc or f"none free within {SLOT_WAIT_S:g} s")
+                            "bound only", name, str(exc) or f"none free within {SLOT_WAIT_S:g} s")
         yield
 
 
