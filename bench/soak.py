@@ -3,7 +3,9 @@
     python bench/soak.py [--jobs 200] [--seed 7] [--record]      # make soak
 
 Sets up: a database of its own (DATABASE_URL's server, else the embedded one, as the tests do), a temporary
-Prefect server with the zombie-run automation (deployments/create_automations.py; heartbeats every 30 s),
+Prefect server with all its services (``prefect server start`` on a temporary SQLite; the test harness is
+ephemeral and would not revoke a killed render's concurrency leases) and the zombie-run automation
+(deployments/create_automations.py; heartbeats every 30 s),
 the OpenAI and ElevenLabs wire-format servers answering a fraction of requests with 429/500/503 or a stall
 past TTS_TIMEOUT_S, moto's S3 (tests/servers/storage_s3.py) failing a fraction of requests with 503/500,
 and a loopback server for the background track. Queues ``--jobs`` jobs (bench/soak_jobs.py: local, OpenAI
@@ -26,6 +28,7 @@ import argparse
 import os
 import random
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -48,6 +51,7 @@ from bench.soak_env import (  # noqa: E402
     Worker,
     bed_wav,
     export_code,
+    prefect_server,
     preflight,
     render_processes,
     soak_database,
@@ -150,7 +154,6 @@ def read_render_runs(job_ids: set[str]) -> list[tuple[str, str, str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prefect.testing.utilities import prefect_test_harness
     from psycopg.conninfo import make_conninfo
 
     from mindscript.queue.postgres import PostgresQueue
@@ -163,7 +166,6 @@ def run(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="mindscript-soak-"))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # the test server's telemetry: noise
     if args.code == "head":
         code, version = root / "code", export_code(root / "code")
     else:
@@ -172,11 +174,11 @@ def run(args: argparse.Namespace) -> int:
     workers: list[Worker] = []
     with ExitStack() as stack:
         dsn, _server = stack.enter_context(soak_database())
-        log("starting the Prefect test server")
-        stack.enter_context(prefect_test_harness(server_startup_timeout=180))
-        from prefect.settings import PREFECT_API_URL
+        log("starting a temporary Prefect server")
+        api_url = stack.enter_context(prefect_server(root / "prefect-server"))
+        from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        api_url = str(PREFECT_API_URL.value())
+        stack.enter_context(temporary_settings(updates={PREFECT_API_URL: api_url}))
         from deployments.create_automations import build as zombie_automation
 
         zombie_automation(ZOMBIE_WITHIN_S).create()  # type: ignore[attr-defined]
@@ -402,7 +404,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="what the workers run: the committed tree (exported) or the working tree in place")
     p.add_argument("--keep", action="store_true", help="keep the worker logs and work dir")
     p.add_argument("--record", action="store_true", help="append the summary line to bench/RESULTS.md")
-    return run(p.parse_args(argv))
+    args = p.parse_args(argv)
+    # Ctrl-C and SIGTERM end the soak through its cleanup (workers, servers, the database), also when started in
+    # the background by a shell that ignores SIGINT for its children.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    return run(args)
 
 
 if __name__ == "__main__":

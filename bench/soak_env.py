@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -75,6 +76,47 @@ def terminate_backends(dsn: str) -> int:
                        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
                        "AND coalesce(application_name, '') <> %s", (SOAK_APP,))
     return int(rows[0][0])
+
+
+# -- Prefect ------------------------------------------------------------------------------------------------------
+@contextmanager
+def prefect_server(home: Path, timeout_s: float = 180.0) -> Iterator[str]:
+    """A temporary Prefect server (``prefect server start``, SQLite under ``home``) with all its services; yields
+    its API URL. Not the test harness: that one is ephemeral and runs no repossessor (expired concurrency leases
+    of killed renders are never revoked), no late-runs marking, none of what a real deployment has."""
+    home.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update({"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+                "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"})
+    url = f"http://127.0.0.1:{port}/api"
+    with (home / "server.log").open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                                 str(port), "--no-ui", "--analytics-off"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Prefect server did not start (exit {proc.poll()}); see {home / 'server.log'}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # -- S3 (moto) with the fault injector of tests/servers/storage_s3.py ----------------------------------------
