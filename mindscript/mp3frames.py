@@ -337,14 +337,16 @@ def join_segments(segments: Sequence[SegmentFile], out_path: Path, *, total_samp
                 f"padding {padding} does not fit the LAME tag")
         part = out_path.with_name(f".{out_path.name}.join")
         crc = 0
-        body_sizes: list[int] = []
+        body_sizes: list[np.ndarray] = []
         with open(part, "wb") as out:
             out.write(head_frame)  # rewritten below once sizes and CRC are known
             for (first, last, carry), seg, fh in zip(plan, segs, handles, strict=True):
-                body_sizes.extend(np.diff(seg.offsets[first + 1:last + 2]).tolist())
+                body_sizes.append(np.diff(seg.offsets[first + 1:last + 2]))
                 spans = seg.data_tail_spans(last, len(carry)) if carry else []
                 cut = spans[0][0] if spans else seg.frame_pos(last)
-                pieces = list(_copy(fh, seg.frame_pos(first), cut))
+                for piece in _copy(fh, seg.frame_pos(first), cut):  # streamed: memory does not grow with length
+                    crc = crc16(piece, crc)
+                    out.write(piece)
                 if spans:
                     # Overwrite the unused tail of this segment's last main data with the reservoir bytes
                     # the next segment's first frame points back to (headers between them kept).
@@ -353,12 +355,10 @@ def join_segments(segments: Sequence[SegmentFile], out_path: Path, *, total_samp
                     for a, b in spans:
                         tail[a - cut:b - cut] = carry[taken:taken + b - a]
                         taken += b - a
-                    pieces.append(bytes(tail))
-                for piece in pieces:
-                    crc = crc16(piece, crc)
-                    out.write(piece)
+                    crc = crc16(bytes(tail), crc)
+                    out.write(tail)
             size = out.tell()
-            sizes = np.asarray(body_sizes, dtype=np.int64)
+            sizes = np.concatenate(body_sizes)
             positions = len(head_frame) + np.concatenate([[0], np.cumsum(sizes)])
             toc = [0] + [min(255, int(256 * int(positions[i * frames // _XING_TOC_SIZE]) // size))
                          for i in range(1, _XING_TOC_SIZE)]
