@@ -174,14 +174,15 @@ def test_store_hit_without_prefect_record(openai: oas.OpenAIServer, worker_env: 
     assert len(openai.speech_requests()) == n and again.cache_hits == again.chunks
 
 
-def test_concurrent_renders_synthesize_each_chunk_once(openai: oas.OpenAIServer, worker_env: Path) -> None:
-    openai.delay_s = 0.3
+def render_concurrently_once_each(server: oas.OpenAIServer, worker_env: Path, prefix: str) -> list[VoiceStem]:
+    """Two renders of one 9,000-character script at once; asserts every chunk was requested exactly once."""
+    server.delay_s = 0.3
     script, _ = long_script(9000)
     results: list[Any] = [None, None]
 
     def render(i: int) -> None:
         try:
-            results[i] = run(make_job(script, "openai:nova", job_id=f"c{i}"), worker_env, f"w{i}")
+            results[i] = run(make_job(script, "openai:nova", job_id=f"{prefix}{i}"), worker_env, f"w{i}")
         except BaseException as exc:  # surfaced below
             results[i] = exc
 
@@ -191,9 +192,14 @@ def test_concurrent_renders_synthesize_each_chunk_once(openai: oas.OpenAIServer,
     for t in threads:
         t.join(120)
     assert all(isinstance(r, VoiceStem) for r in results), results
-    texts = [r.body["input"] for r in openai.speech_requests()]
-    assert len(texts) == len(set(texts)) == results[0].chunks
+    texts = [r.body["input"] for r in server.speech_requests()]
+    assert len(texts) == len(set(texts)) == results[0].chunks  # each chunk requested once
     assert results[0].cache_hits + results[1].cache_hits == results[0].chunks
+    return results
+
+
+def test_concurrent_renders_synthesize_each_chunk_once(openai: oas.OpenAIServer, worker_env: Path) -> None:
+    render_concurrently_once_each(openai, worker_env, "c")
 
 
 @pytest.mark.parametrize("fault", [oas.SERVER_ERROR, oas.UNAVAILABLE, oas.RATE_LIMITED])

@@ -19,7 +19,7 @@ import pytest
 from mindscript.settings import get_settings
 from mindscript.voice import VoiceStem
 from tests.conftest import ROOT
-from tests.flows.test_voice import OPENAI_KEY, SENTENCES, long_script, make_job, run
+from tests.flows.test_voice import OPENAI_KEY, SENTENCES, make_job, render_concurrently_once_each, run
 from tests.servers import openai_server as oas
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -203,25 +203,7 @@ def redis_locks(worker_env: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[l
 
 def test_redis_locks_make_concurrent_renders_synthesize_each_chunk_once(
         vendor: oas.OpenAIServer, worker_env: Path, redis_locks: list[str]) -> None:
-    vendor.delay_s = 0.3
-    script, _ = long_script(9000)
-    results: list[Any] = [None, None]
-
-    def render(i: int) -> None:
-        try:
-            results[i] = run(make_job(script, "openai:nova", job_id=f"r{i}"), worker_env, f"w{i}")
-        except BaseException as exc:  # surfaced below
-            results[i] = exc
-
-    threads = [threading.Thread(target=render, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert all(isinstance(r, VoiceStem) for r in results), results
-    texts = [r.body["input"] for r in vendor.speech_requests()]
-    assert len(texts) == len(set(texts)) == results[0].chunks  # each chunk requested once
-    assert results[0].cache_hits + results[1].cache_hits == results[0].chunks
+    results = render_concurrently_once_each(vendor, worker_env, "r")
     # The locks were Redis locks, with an expiry (SET ... NX PX), one key per chunk; no lock files.
     sets = [c.split() for c in redis_locks if c.startswith("SET ")]
     assert {c[1] for c in sets} == {f"lock:{k}" for k in _chunk_keys(results[0], worker_env)}
