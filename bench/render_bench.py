@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,10 +71,13 @@ def render_once(duration_s: float, fmt: str, output: Path | None = None) -> dict
         ws = Path(tmp)
         t0 = time.perf_counter()
         peak = settings.true_peak_ceiling_dbtp - voice.VOICE_PEAK_HEADROOM_DB
-        stem = voice.prepare_recording(voice_wav, ws, sample_rate=sr, max_duration_s=3600.0,
-                                       target_lufs=settings.target_lufs, peak_dbtp=peak)
-        bed = layers.prepare_background(job, settings, ws, sample_rate=sr, allow_local=True)
-        tones = tuple(layers.plan_tone(k, job, settings, sample_rate=sr) for k in ("solfeggio", "binaural"))
+        # as the flow does: the voice task runs while the background and tone tasks run beside it
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            stem_f = pool.submit(voice.prepare_recording, voice_wav, ws, sample_rate=sr, max_duration_s=3600.0,
+                                 target_lufs=settings.target_lufs, peak_dbtp=peak)
+            bed = layers.prepare_background(job, settings, ws, sample_rate=sr, allow_local=True)
+            tones = tuple(layers.plan_tone(k, job, settings, sample_rate=sr) for k in ("solfeggio", "binaural"))
+            stem = stem_f.result()
         t1 = time.perf_counter()
         plan = master.plan_master(job, settings, voice=stem, bed=bed, tone_plans=tones, sample_rate=sr)
         plan = dataclasses.replace(plan, total_frames=int(duration_s * sr))  # exactly the requested length
