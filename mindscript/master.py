@@ -169,8 +169,18 @@ def plan_master(
         fade_out_frames=int(settings.program_fade_out_s * sr),
         duck_depth_db=settings.duck_depth_db,
         dither_seed=zlib.crc32(job.id.encode()),
-        encode_segments=settings.encode_segments or os.cpu_count() or 1,
+        encode_segments=settings.encode_segments or _usable_cores(),
     )
+
+
+def _usable_cores(cap: int = 8) -> int:
+    """CPUs this process may run on (a container's CPU set, not the host's count), at most ``cap``: past a few
+    segments the pre-roll each one encodes twice costs more than the extra encoders gain."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cap, cores))
 
 
 class Mixer:

@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     block_frames: int = Field(default=65536, ge=1024, le=1 << 20, description="Master stage block size.")
     encode_segments: int = Field(
         default=0, ge=0, le=16,
-        description="MP3 segments encoded in parallel and joined at frame boundaries (0: one per CPU core).",
+        description="MP3 segments encoded in parallel and joined at frame boundaries (0: one per usable CPU, max 8).",
     )
 
     # layer levels relative to the voice (LU), used when a job does not give gainDb
