@@ -32,6 +32,7 @@ if __package__ in (None, ""):
 
 
 log = logging.getLogger("mindscript.worker")
+_FINISH_S = 15.0  # shutdown: how long finished renders get to report their final state before the runner stops
 
 
 class WorkerState:
@@ -196,6 +197,13 @@ async def serve() -> int:
         poller.stopping = True
     released = await asyncio.to_thread(_drain, queue, settings.worker_id, settings.shutdown_grace / 1000)
     await _cancel_flow_runs(released)
+    # A render that has written its row may still be reporting its final state to Prefect: let those processes
+    # exit (bounded) before the runner stops, or their runs show "Cancelled: Runner is shutting down".
+    given_back = {str(row.flow_run_id) for row in released if getattr(row, "flow_run_id", None)}
+    finishing_until = time.monotonic() + _FINISH_S
+    while state.pool is not None and time.monotonic() < finishing_until and \
+            any(run_id not in given_back for run_id in state.pool.running()):
+        await asyncio.sleep(0.2)
     try:
         await runner.astop()  # kills what is left; those rows were released, so their hooks are fenced out
     except RuntimeError:
