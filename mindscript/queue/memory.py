@@ -126,7 +126,7 @@ class InMemoryQueue:
                              locked_until=None)
                 return "failed"
             self._update(job, status="pending", error=error, message=error, result=None, finished_at=None,
-                         locked_until=None, worker_id=None,
+                         locked_until=None, worker_id=None, progress=0.0, stage=None,
                          available_at=now + _backoff(job.attempts, backoff_base_s, backoff_max_s))
             return "pending"
 
@@ -160,7 +160,7 @@ class InMemoryQueue:
                                             locked_until=None))
                 else:
                     out.append(self._update(job, status="pending", error=why, message=why, finished_at=None,
-                                            locked_until=None,
+                                            locked_until=None, progress=0.0, stage=None,
                                             available_at=now + _backoff(job.attempts, backoff_base_s, backoff_max_s)))
             return out
 

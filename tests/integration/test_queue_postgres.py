@@ -151,9 +151,11 @@ def test_eight_concurrent_claimers_take_each_row_exactly_once(pg_dsn: str) -> No
 def test_lease_expiry_requeues_and_fences_the_old_attempt(queue: JobQueue, request: pytest.FixtureRequest) -> None:
     job = queue.enqueue(PAYLOAD)
     [a1] = queue.claim("w1", 1, 0)  # lease already over
+    assert queue.progress(job.id, 1, 60, "MIXING_AUDIO", "Mixing")
     assert queue.extend_lease(a1.id, 1, 0)
     [requeued] = queue.requeue_expired(backoff_base_s=30, backoff_max_s=600)
     assert requeued.id == job.id and requeued.status == "pending" and requeued.attempts == 1
+    assert (requeued.progress, requeued.stage) == (0, None)  # pending again: starts over, not "60 % mixing"
     assert "lease expired on worker w1" in (requeued.error or "")
     assert queue.claim("w2", 1, 60) == []  # backoff: not yet
     _make_available(queue, _dsn(request, queue), job.id)
@@ -188,12 +190,14 @@ def test_transient_failures_back_off_until_max_attempts_then_fail_with_last_erro
     for attempt in (1, 2, 3):
         [claimed] = queue.claim("w", 1, 60)
         assert claimed.attempts == attempt
+        assert queue.progress(job.id, attempt, 30, "GENERATING_VOICE", "voice")
         status = queue.fail(job.id, attempt, f"TTS timeout #{attempt}", permanent=False, backoff_base_s=20,
                             backoff_max_s=60, result={"success": False, "error": {"message": f"#{attempt}"}})
         row = queue.get(job.id)
         assert row is not None and row.available_at is not None and row.updated_at is not None
         if attempt < 3:
             assert status == "pending" and row.status == "pending" and row.result is None
+            assert (row.progress, row.stage) == (0, None)
             delays.append((row.available_at - row.updated_at).total_seconds())
             assert queue.claim("w", 1, 60) == []
             _make_available(queue, dsn, job.id)
@@ -202,6 +206,7 @@ def test_transient_failures_back_off_until_max_attempts_then_fail_with_last_erro
     final = queue.get(job.id)
     assert final is not None and final.status == "failed" and final.attempts == 3
     assert final.error == "TTS timeout #3" and final.finished_at is not None
+    assert (final.progress, final.stage) == (30, "GENERATING_VOICE")  # failed for good: where it stopped
     assert final.result == {"success": False, "error": {"message": "#3"}}
 
 
