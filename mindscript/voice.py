@@ -433,9 +433,14 @@ def _fit_gain(path: Path, frames: int, gain_db: float, *, sample_rate: int, targ
     times cheaper per step); steps on the whole excerpt then only correct the small difference.
     """
     piece = 2 * sample_rate
-    stride = max(piece, frames * piece // (SAMPLE_S * sample_rate))
-    parts = [next(audio_io.iter_blocks(path, piece, start=start, frames=piece))[:, :1]
-             for start in range(0, max(frames - piece, 1), stride)]
+    if frames <= SAMPLE_S * sample_rate:
+        # A stem no longer than the excerpt is fitted on all of it (2 s pieces every 2 s would miss its tail,
+        # and on a few seconds of speech one missing piece moves the loudness by more than a LU).
+        parts = [block[:, :1] for block in audio_io.iter_blocks(path, piece)]
+    else:
+        stride = max(piece, frames * piece // (SAMPLE_S * sample_rate))
+        parts = [next(audio_io.iter_blocks(path, piece, start=start, frames=piece))[:, :1]
+                 for start in range(0, max(frames - piece, 1), stride)]
     excerpt = np.concatenate(parts) if parts else np.zeros((0, 1), dtype=np.float32)
     fit = {"sample_rate": sample_rate, "target_lufs": target_lufs, "peak_dbtp": peak_dbtp}
     slope = 1.0

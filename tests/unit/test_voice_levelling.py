@@ -77,3 +77,13 @@ def test_stem_under_the_peak_is_left_alone(tmp_path: Path) -> None:
     data = path.read_bytes()
     assert voice.level_stem(path, before, sample_rate=SR, target_lufs=TARGET, peak_dbtp=PEAK) is before
     assert path.read_bytes() == data
+
+
+@pytest.mark.parametrize("seconds", [4.5, 6.0, 9.0])
+def test_short_stem_is_levelled_onto_the_target(tmp_path: Path, seconds: float) -> None:
+    """A few seconds of speech (an uploaded greeting): the fit sees all of it, so the stem lands on the target."""
+    path = audio_io.write_wav_f32(tmp_path / "voice.wav", speech_like(seconds, SR) * 0.3, SR)
+    before = voice._analyse(path, SR)
+    assert before.true_peak_db + (TARGET - before.lufs) > PEAK  # it needs limiting
+    after = voice.level_stem(path, before, sample_rate=SR, target_lufs=TARGET, peak_dbtp=PEAK)
+    assert abs(after.lufs - TARGET) <= voice.LEVEL_TOLERANCE_LU / 4
