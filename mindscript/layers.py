@@ -11,8 +11,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from mindscript import assets, audio_io
 from mindscript.dsp import loudness, tones
 from mindscript.errors import InvalidAudio, RenderError
@@ -114,14 +112,3 @@ def plan_tone(kind: ToneKind, job: RenderJob, settings: Settings, *, sample_rate
         level = unit_lufs + 20 * math.log10(amplitude)
     return TonePlan(kind=kind, left_hz=params.left_hz, right_hz=params.right_hz, amplitude=amplitude,
                     level_lufs=round(level, 3))
-
-
-def read_frames(path: str | Path, start: int, n: int, channels: int) -> np.ndarray:
-    """``n`` frames from ``start`` of a stem file, zero-padded past its end."""
-    out = np.zeros((n, channels), dtype=np.float32)
-    if n <= 0 or start < 0:
-        return out
-    got = next(audio_io.iter_blocks(Path(path), n, start=start, frames=n), None)
-    if got is not None and len(got):
-        out[: len(got)] = got[:, :channels] if got.shape[1] >= channels else np.repeat(got[:, :1], channels, 1)
-    return out
