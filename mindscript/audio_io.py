@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Literal
+from typing import IO, Literal, Self
 
 import numpy as np
 import soundfile as sf
@@ -464,7 +464,27 @@ def write_wav_f32(path: Path, samples: FloatArray, sample_rate: int) -> Path:
 # ------------------------------------------------------------------------------------------- encoding
 
 
-class Encoder:
+class _ClosesOnExit:
+    """As a context manager: a clean exit closes (``close``), an exception aborts (``abort``)."""
+
+    def close(self) -> Path:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class Encoder(_ClosesOnExit):
     """A streaming encoder: ``write`` float32 ``(n, channels)`` blocks, then ``close`` (or ``abort``).
 
     As a context manager, a clean exit closes and an exception aborts (removing the partial file). The
@@ -522,20 +542,6 @@ class Encoder:
             self._kill()
         finally:
             _unlink_quietly(self._part)
-
-    def __enter__(self) -> Encoder:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     # Subclass hooks.
     def _write(self, block: FloatArray) -> None:
@@ -710,7 +716,7 @@ def plan_mp3_segments(total_frames: int, sample_rate: int, segments: int) -> tup
     return tuple(out)
 
 
-class SegmentedMp3Encoder:
+class SegmentedMp3Encoder(_ClosesOnExit):
     """Encode one program as parallel MP3 segments (one LAME process each), joined gaplessly on close.
 
     Feed segment ``i`` the program's frames ``segments[i].start`` to ``segments[i].stop`` with
@@ -790,16 +796,6 @@ class SegmentedMp3Encoder:
             enc.abort()
         for part in self._parts:
             _unlink_quietly(part)
-
-    def __enter__(self) -> SegmentedMp3Encoder:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def open_segmented_mp3(path: Path, *, sample_rate: int, total_frames: int, segments: int, channels: int = 2,
