@@ -2,6 +2,7 @@
 processes against one Prefect API and one vendor server) and the Redis lock manager of the TTS chunk cache
 (the real Redis at 127.0.0.1:6379)."""
 
+# ruff: noqa: F811 - the tests take test_voice's `openai` fixture (imported below) as a parameter
 from __future__ import annotations
 
 import json
@@ -19,23 +20,17 @@ import pytest
 from mindscript.settings import get_settings
 from mindscript.voice import VoiceStem
 from tests.conftest import ROOT
-from tests.flows.test_voice import OPENAI_KEY, SENTENCES, make_job, render_concurrently_once_each, run
+from tests.flows.test_voice import (
+    OPENAI_KEY,
+    SENTENCES,
+    make_job,
+    openai,  # noqa: F401 - the vendor-server fixture, shared with test_voice
+    render_concurrently_once_each,
+    run,
+)
 from tests.servers import openai_server as oas
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture
-def vendor(worker_env: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[oas.OpenAIServer]:
-    """The OpenAI wire-format server, reached in this process through the real SDK."""
-    with oas.OpenAIServer(api_key=OPENAI_KEY, seconds_per_char=0.004) as srv:
-        monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
-        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
-        monkeypatch.setenv("TTS_RETRY_DELAY_S", "0.01")
-        monkeypatch.setenv("TTS_FALLBACK", "")
-        get_settings.cache_clear()
-        yield srv  # type: ignore[misc]
-    get_settings.cache_clear()
 
 
 # -- the provider bound across worker processes -------------------------------------------------------------
@@ -135,7 +130,7 @@ def test_two_worker_processes_share_the_provider_limit(prefect_server: str, work
         assert peak > 3, f"control: only {peak} in flight without the global limit, so the test cannot tell"
 
 
-def test_limit_is_created_and_resized_from_settings(vendor: oas.OpenAIServer, worker_env: Path,
+def test_limit_is_created_and_resized_from_settings(openai: oas.OpenAIServer, worker_env: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from prefect.client.orchestration import get_client
 
@@ -149,7 +144,7 @@ def test_limit_is_created_and_resized_from_settings(vendor: oas.OpenAIServer, wo
         assert limit.limit == int(size) and limit.active and limit.active_slots == 0  # every slot released
 
 
-def test_deleted_limit_falls_back_to_the_process_bound(vendor: oas.OpenAIServer, worker_env: Path,
+def test_deleted_limit_falls_back_to_the_process_bound(openai: oas.OpenAIServer, worker_env: Path,
                                                        monkeypatch: pytest.MonkeyPatch,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     """An operator deletes the limit while the worker runs: requests still go out, bounded per process."""
@@ -161,9 +156,9 @@ def test_deleted_limit_falls_back_to_the_process_bound(vendor: oas.OpenAIServer,
     run(make_job(_script("before", 2), "openai:nova"), worker_env, "a")  # this process now knows the limit
     with get_client(sync_client=True) as client:
         client.delete_global_concurrency_limit_by_name("tts-openai")
-    vendor.delay_s = 0.2
+    openai.delay_s = 0.2
     stem = run(make_job(_script("after", 12), "openai:nova"), worker_env, "b")
-    assert stem.chunks >= 5 and stem.cache_hits == 0 and vendor.max_active == 2
+    assert stem.chunks >= 5 and stem.cache_hits == 0 and openai.max_active == 2
     assert "do not exist" in caplog.text
 
 
@@ -202,8 +197,8 @@ def redis_locks(worker_env: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[l
 
 
 def test_redis_locks_make_concurrent_renders_synthesize_each_chunk_once(
-        vendor: oas.OpenAIServer, worker_env: Path, redis_locks: list[str]) -> None:
-    results = render_concurrently_once_each(vendor, worker_env, "r")
+        openai: oas.OpenAIServer, worker_env: Path, redis_locks: list[str]) -> None:
+    results = render_concurrently_once_each(openai, worker_env, "r")
     # The locks were Redis locks, with an expiry (SET ... NX PX), one key per chunk; no lock files.
     sets = [c.split() for c in redis_locks if c.startswith("SET ")]
     assert {c[1] for c in sets} == {f"lock:{k}" for k in _chunk_keys(results[0], worker_env)}
