@@ -602,7 +602,7 @@ class _Mp3Encoder(Encoder):
     def _write(self, block: FloatArray) -> None:
         data = np.clip(block, -1.0, 1.0).astype("<f4", copy=False)
         try:
-            self._stdin.write(data.tobytes())
+            self._stdin.write(memoryview(data).cast("B"))  # no bytes copy of the block
         except (BrokenPipeError, ValueError) as exc:
             raise self._failure("stopped accepting audio") from exc
 
@@ -672,6 +672,82 @@ class _FloatWavWriter(Encoder):
 
     def _kill(self) -> None:
         self._file.close()
+
+
+class StemCanvas(_ClosesOnExit):
+    """A float32 WAV of a known length whose frames are written at any position, by several threads at once.
+
+    The header is written first and the data region sized at once; ``write_at`` puts a block at its frame with
+    ``os.pwrite`` (no shared file position, and no mapped pages counted in the writer's memory). Frames never
+    written read as silence. The file appears at its path on ``close``; ``abort`` (or an exception in the
+    ``with`` block) removes it.
+    """
+
+    def __init__(self, path: Path, *, frames: int, sample_rate: int, channels: int = 1) -> None:
+        _check_rate(sample_rate)
+        _check_channels(channels)
+        if frames < 0:
+            raise ValueError(f"frames must be >= 0, got {frames!r}")
+        self.path, self.frames, self.channels = Path(path), frames, channels
+        self._part = _part_path(self.path)
+        self._frame_bytes = 4 * channels
+        data_bytes = frames * self._frame_bytes
+        if data_bytes + 36 > 0xFFFFFFFF:
+            raise ValueError(f"{frames} frames of {channels} channel(s) do not fit a WAV file")
+        header = b"".join([
+            b"RIFF", (data_bytes + 36).to_bytes(4, "little"), b"WAVE",
+            b"fmt ", (16).to_bytes(4, "little"), (3).to_bytes(2, "little"), channels.to_bytes(2, "little"),
+            sample_rate.to_bytes(4, "little"), (sample_rate * self._frame_bytes).to_bytes(4, "little"),
+            self._frame_bytes.to_bytes(2, "little"), (32).to_bytes(2, "little"),
+            b"data", data_bytes.to_bytes(4, "little"),
+        ])  # fmt: skip
+        self._offset = len(header)
+        self._fd = os.open(self._part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._state: Literal["open", "closed", "aborted"] = "open"
+        try:
+            os.pwrite(self._fd, header, 0)
+            os.ftruncate(self._fd, self._offset + data_bytes)
+        except BaseException:
+            self.abort()
+            raise
+
+    def write_at(self, frame: int, block: FloatArray) -> None:
+        """Write ``block`` (``(n, channels)``) at ``frame``; it must lie within the file."""
+        if self._state != "open":
+            raise EncoderFailed(f"stem '{self.path}' is {self._state}; cannot write")
+        if block.ndim != 2 or block.shape[1] != self.channels:
+            raise ValueError(f"block for '{self.path}' must have shape (n, {self.channels}), got {block.shape!r}")
+        if not 0 <= frame <= frame + len(block) <= self.frames:
+            raise ValueError(f"frames {frame}..{frame + len(block)} lie outside '{self.path}' (0..{self.frames})")
+        data = memoryview(np.ascontiguousarray(block, dtype="<f4")).cast("B")
+        pos = self._offset + frame * self._frame_bytes
+        while len(data):
+            written = os.pwrite(self._fd, data, pos)
+            data, pos = data[written:], pos + written
+
+    def close(self) -> Path:
+        """Move the file into place; idempotent."""
+        if self._state == "closed":
+            return self.path
+        if self._state == "aborted":
+            raise EncoderFailed(f"stem '{self.path}' was aborted; nothing to close")
+        try:
+            os.close(self._fd)
+            self._state = "closed"
+            os.replace(self._part, self.path)
+        except BaseException:
+            _unlink_quietly(self._part)
+            raise
+        return self.path
+
+    def abort(self) -> None:
+        """Remove the partial file; idempotent."""
+        if self._state != "open":
+            return
+        self._state = "aborted"
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        _unlink_quietly(self._part)
 
 
 # ------------------------------------------------------------------------------ parallel MP3 segments

@@ -17,7 +17,6 @@ import os
 import time
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +24,8 @@ from typing import Any, Literal
 import numpy as np
 
 from mindscript import audio_io
-from mindscript.dsp import ducking, envelopes, limiter, loudness, tones, truepeak
+from mindscript import parts as mparts
+from mindscript.dsp import ducking, envelopes, limiter, loudness, tones
 from mindscript.dsp.gain import db_to_gain
 from mindscript.errors import DurationTooLong, QualityCheckFailed
 from mindscript.job import RenderJob
@@ -369,44 +369,8 @@ def render_pass(plan: MasterPlan, mixer: Mixer, out_path: Path, on_progress: Pro
             on_progress(1.0, f"mixed {total / plan.sample_rate:.0f} s")
 
 
-# The delivered file is measured in parts at once (libsndfile's decoder, the K-weighting filter and the FFTs
-# release the GIL); each part after the first starts a second early so its filter has settled, and parts
-# start on whole seconds so the 100 ms loudness steps of all parts fall on one grid.
+# The delivered file is measured as two stretches at once (see mindscript.parts), each at least 30 s long.
 _MEASURE_PART_MIN_S = 30
-_MEASURE_PREROLL_S = 1
-
-
-def _measure_part(path: Path, info: audio_io.AudioInfo, start: int, stop: int,
-                  preroll: int) -> tuple[loudness.MeterState, float, int]:
-    """Meter frames ``[start - preroll, stop)``, true peak of ``[start, stop)``: (meter, peak, frames decoded
-    of ``[start, stop)``)."""
-    sr, last = info.sample_rate, stop >= info.frames
-    meter = loudness.meter_init(sr, info.channels)
-    peak_state = truepeak.truepeak_init(info.channels)
-    peak = 0.0
-    pos = start - preroll  # frame of the next block's first sample
-    # the true peak of frames near ``stop`` needs LATENCY_FRAMES of lookahead past it (unless the file ends)
-    end = info.frames if last else min(info.frames, stop + truepeak.LATENCY_FRAMES)
-    tp_from = max(0, start - truepeak.LATENCY_FRAMES - 32)  # the interpolator's own warm-up
-    for block in audio_io.iter_blocks(path, 1 << 16, start=pos, frames=end - pos):
-        n = len(block)
-        meter = loudness.meter_update(meter, block[: max(0, stop - pos)])
-        if pos + n > tp_from:
-            lo = max(0, tp_from - pos)
-            first_out = peak_state.frames_out
-            env, peak_state = truepeak.oversampled_peaks(peak_state, block[lo:], floor=peak)
-            peak = _peak_within(env, tp_from + first_out, start, stop, peak)
-        pos += n
-    if last:
-        first_out = peak_state.frames_out
-        env, peak_state = truepeak.truepeak_flush(peak_state)
-        peak = _peak_within(env, tp_from + first_out, start, stop, peak)
-    return meter, peak, max(0, min(pos, stop) - start)
-
-
-def _peak_within(env: np.ndarray, env_start: int, start: int, stop: int, peak: float) -> float:
-    lo, hi = max(0, start - env_start), min(len(env), stop - env_start)
-    return max(peak, float(env[lo:hi].max())) if hi > lo else peak
 
 
 def measure_file(path: Path, speech_blocks: np.ndarray | None = None, *, parts: int = 2) -> Quality:
@@ -417,20 +381,12 @@ def measure_file(path: Path, speech_blocks: np.ndarray | None = None, *, parts: 
     minute is measured as ``parts`` stretches at once, with the same figures as one pass.
     """
     info = audio_io.read_info(path)
-    sr, total = info.sample_rate, info.frames
-    n = max(1, min(parts, total // (sr * _MEASURE_PART_MIN_S)))
-    cuts = [0, *(round(total * i / n / sr) * sr for i in range(1, n)), total]
-    jobs = [(cuts[i], cuts[i + 1], min(cuts[i], _MEASURE_PREROLL_S * sr)) for i in range(n)]
-    if n == 1:
-        results = [_measure_part(path, info, *jobs[0])]
-    else:
-        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="measure") as pool:
-            results = list(pool.map(lambda job: _measure_part(path, info, *job), jobs))
-    meter = results[0][0]
-    for (_, _, preroll), (part, _, _) in zip(jobs[1:], results[1:], strict=True):
-        meter = loudness.meter_concat(meter, part, skip_steps=preroll * 10 // sr)
-    frames = sum(f for _, _, f in results)
-    peak = max(p for _, p, _ in results)
+    sr = info.sample_rate
+    stretches = mparts.plan_stretches(info.frames, sr, parts=parts, min_s=_MEASURE_PART_MIN_S)
+    results = mparts.run(lambda s: mparts.measure_stretch(path, info, s), stretches, name="measure")
+    meter = mparts.join_meters(stretches, [r.meter for r in results], sr)
+    frames = sum(r.frames for r in results)
+    peak = max(r.peak for r in results)
     stats = loudness.meter_result(meter)
     speech = None
     if speech_blocks is not None and speech_blocks.any():

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mindscript import assets, audio_io
+from mindscript import assets, audio_io, parts
 from mindscript.dsp import ducking, limiter, loudness, truepeak
 from mindscript.errors import AssetNotFound, InvalidAudio, InvalidJob, RenderError, StorageError, StorageRejected
 from mindscript.job import RenderJob
@@ -337,68 +337,131 @@ class _StemAnalysis:
 # The mono stem is heard in both channels: BS.1770-4 eq. 2 sums G_i z_i over channels, so one channel of
 # weight 2 reads exactly what the stem duplicated into L and R reads (+3 dB over a mono reading).
 _HEARD_WEIGHTS = (2.0,)
+# A stem longer than 2 minutes is analysed and levelled as two stretches at once (mindscript.parts); a fixed
+# count, not the core count, so a stem gives the same figures on every machine.
+STEM_PARTS = 2
+STEM_PART_MIN_S = 60
+# Each later stretch starts its limiter this early: by the cut its gain equals a single pass's (the release
+# is 80 ms; gain reductions of tens of dB have converged well within a few seconds).
+LIMITER_PREROLL_S = 3
+FIT_PART_MIN_S = 15  # the gain search measures excerpts of 30 s or more as two halves at once
+
+
+class _Hops:
+    """Speech activity per 10 ms hop of a stem fed in blocks of any length (frames carried to whole hops)."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self.hop = int(round(HOP_S * sample_rate))
+        self.flags: list[np.ndarray] = []
+        self.carry = np.zeros((0, 1), dtype=np.float32)
+
+    def add(self, mono: np.ndarray) -> None:
+        x = np.concatenate([self.carry, mono]) if len(self.carry) else mono
+        whole = len(x) // self.hop * self.hop
+        if whole:
+            self.flags.append(ducking.speech_activity(x[:whole], self.sample_rate, self.hop))
+        self.carry = np.array(x[whole:])
+
+    def result(self) -> np.ndarray:
+        if len(self.carry):  # the final partial hop is measured over the frames it has
+            self.flags.append(ducking.speech_activity(self.carry, self.sample_rate, self.hop))
+            self.carry = self.carry[:0]
+        return np.concatenate(self.flags) if self.flags else np.zeros(0, dtype=bool)
 
 
 class _StemMeter:
     """The analysis of a mono stem, fed block by block: loudness as heard, true peak, speech activity.
 
-    Blocks may have any length: frames are carried over until a whole hop is in, so the activity flags
-    are those of the stem read in one piece. ``true_peak=False`` skips the true peak (it costs as much as
-    the loudness on a limited stem, whose peak the limiter already bounds).
+    Blocks may have any length: the activity flags are those of the stem read in one piece.
+    ``true_peak=False`` skips the true peak (it costs as much as the loudness on a limited stem, whose peak
+    the limiter already bounds).
     """
 
     def __init__(self, sample_rate: int, *, true_peak: bool = True) -> None:
-        self.sample_rate = sample_rate
-        self.hop = int(round(HOP_S * sample_rate))
         self.meter = loudness.meter_init(sample_rate, 1, weights=_HEARD_WEIGHTS)
         self.peak = truepeak.truepeak_init(1) if true_peak else None
-        self.flags: list[np.ndarray] = []
-        self.carry = np.zeros((0, 1), dtype=np.float32)
+        self.hops = _Hops(sample_rate)
         self.frames = 0
 
     def add(self, mono: np.ndarray) -> None:
         self.meter = loudness.meter_update(self.meter, mono)
         if self.peak is not None:
             self.peak = truepeak.truepeak_update(self.peak, mono)
-        x = np.concatenate([self.carry, mono]) if len(self.carry) else mono
-        whole = len(x) // self.hop * self.hop
-        if whole:
-            self.flags.append(ducking.speech_activity(x[:whole], self.sample_rate, self.hop))
-        self.carry = np.array(x[whole:])
+        self.hops.add(mono)
         self.frames += len(mono)
 
     def result(self) -> _StemAnalysis:
-        if len(self.carry):  # the final partial hop is measured over the frames it has
-            self.flags.append(ducking.speech_activity(self.carry, self.sample_rate, self.hop))
-            self.carry = self.carry[:0]
         return _StemAnalysis(
             frames=self.frames,
             lufs=loudness.meter_result(self.meter).integrated_lufs,
             true_peak_db=None if self.peak is None else truepeak.truepeak_db(self.peak),
-            activity=np.concatenate(self.flags) if self.flags else np.zeros(0, dtype=bool),
+            activity=self.hops.result(),
             speech_blocks=loudness.gated_blocks(self.meter),
         )
 
 
+def _stem_stretches(info: audio_io.AudioInfo) -> list[parts.Stretch]:
+    if info.channels != 1:
+        raise InvalidAudio(f"voice stem '{info.path}' must be mono, got {info.channels} channels")
+    stretches = parts.plan_stretches(info.frames, info.sample_rate, parts=STEM_PARTS, min_s=STEM_PART_MIN_S)
+    hop = int(round(HOP_S * info.sample_rate))
+    if any(s.start % hop for s in stretches):  # a rate whose second is not whole hops: one pass
+        return parts.plan_stretches(info.frames, info.sample_rate, parts=1, min_s=STEM_PART_MIN_S)
+    return stretches
+
+
+def _joined(stretches: list[parts.Stretch], measured: list[tuple[parts.Measured, np.ndarray]], sample_rate: int,
+            *, true_peak: bool) -> _StemAnalysis:
+    meter = parts.join_meters(stretches, [m.meter for m, _ in measured], sample_rate)
+    peak = max(m.peak for m, _ in measured)
+    return _StemAnalysis(
+        frames=sum(m.frames for m, _ in measured),
+        lufs=loudness.meter_result(meter).integrated_lufs,
+        true_peak_db=(20 * math.log10(peak) if peak > 0 else -math.inf) if true_peak else None,
+        activity=np.concatenate([flags for _, flags in measured]),
+        speech_blocks=loudness.gated_blocks(meter),
+    )
+
+
 def _analyse(path: Path, sample_rate: int) -> _StemAnalysis:
-    """One pass over a mono stem: loudness (as heard in both channels), true peak, speech activity."""
-    stem = _StemMeter(sample_rate)
-    for block in audio_io.iter_blocks(path, STEM_BLOCK_FRAMES):
-        stem.add(block[:, :1])
-    return stem.result()
+    """Loudness (as heard in both channels), true peak and speech activity of a mono stem, in one pass
+    (two stretches at once for stems over 2 minutes)."""
+    info = audio_io.read_info(path)
+    if info.sample_rate != sample_rate:
+        raise InvalidAudio(f"voice stem '{path}' is at {info.sample_rate} Hz, expected {sample_rate} Hz")
+    stretches = _stem_stretches(info)
+
+    def one(stretch: parts.Stretch) -> tuple[parts.Measured, np.ndarray]:
+        hops = _Hops(sample_rate)
+        measured = parts.measure_stretch(path, info, stretch, weights=_HEARD_WEIGHTS, on_block=hops.add,
+                                         blocksize=STEM_BLOCK_FRAMES)
+        return measured, hops.result()
+
+    return _joined(stretches, parts.run(one, stretches, name="stem"), sample_rate, true_peak=True)
 
 
 def _limited_loudness(x: np.ndarray, gain_db: float, sample_rate: int, peak_dbtp: float) -> float:
-    """Loudness (as heard in both channels) of ``x`` after the gain and the limiter, block by block."""
-    state = limiter.limiter_init(limiter.LimiterParams(sample_rate=sample_rate, ceiling_dbtp=peak_dbtp), 1)
-    meter = loudness.meter_init(sample_rate, 1, weights=_HEARD_WEIGHTS)
+    """Loudness (as heard in both channels) of ``x`` after the gain and the limiter, block by block.
+
+    An excerpt of 30 s or more is measured as two halves at once, each with its own limiter (an excerpt is
+    already a string of pieces whose joins the limiter meets cold).
+    """
+    params = limiter.LimiterParams(sample_rate=sample_rate, ceiling_dbtp=peak_dbtp)
     gain = np.float32(10 ** (gain_db / 20))
-    for start in range(0, len(x), STEM_BLOCK_FRAMES):
-        out, state = limiter.limiter_process(state, x[start:start + STEM_BLOCK_FRAMES] * gain)
-        meter = loudness.meter_update(meter, out)
-    out, state = limiter.limiter_flush(state)
-    meter = loudness.meter_update(meter, out)
-    return loudness.meter_result(meter).integrated_lufs
+
+    def one(stretch: parts.Stretch) -> loudness.MeterState:
+        state = limiter.limiter_init(params, 1)
+        meter = loudness.meter_init(sample_rate, 1, weights=_HEARD_WEIGHTS)
+        for start in range(stretch.start, stretch.stop, STEM_BLOCK_FRAMES):
+            out, state = limiter.limiter_process(state, x[start:min(stretch.stop, start + STEM_BLOCK_FRAMES)] * gain)
+            meter = loudness.meter_update(meter, out)
+        out, state = limiter.limiter_flush(state)
+        return loudness.meter_update(meter, out)
+
+    stretches = parts.plan_stretches(len(x), sample_rate, parts=2, min_s=FIT_PART_MIN_S, preroll_s=0)
+    meters = parts.run(one, stretches, name="fit")
+    return loudness.meter_result(parts.join_meters(stretches, meters, sample_rate)).integrated_lufs
 
 
 def _search_gain(x: np.ndarray, gain_db: float, *, sample_rate: int, target_lufs: float, peak_dbtp: float,
@@ -457,7 +520,8 @@ def level_stem(path: Path, analysis: _StemAnalysis, *, sample_rate: int, target_
 
     Nothing is rewritten when the normalized stem already peaks below ``peak_dbtp``. The master applies
     the small remaining gain (target - measured), which fits in the headroom left above ``peak_dbtp``.
-    Returns the analysis of the stem as it now is (measured on the limited blocks as they are written).
+    Returns the analysis of the stem as it now is (measured on the limited blocks as they are written;
+    stems over 2 minutes as two stretches at once, the later one's limiter started LIMITER_PREROLL_S early).
     """
     gain_db = target_lufs - analysis.lufs
     if analysis.true_peak_db is None:
@@ -466,21 +530,48 @@ def level_stem(path: Path, analysis: _StemAnalysis, *, sample_rate: int, target_
         return analysis
     gain_db = _fit_gain(path, analysis.frames, gain_db, sample_rate=sample_rate, target_lufs=target_lufs,
                         peak_dbtp=peak_dbtp)
-    leveled = path.with_name(f"{path.stem}.leveled.wav")
+    info = audio_io.read_info(path)
+    stretches = _stem_stretches(info)
     params = limiter.LimiterParams(sample_rate=sample_rate, ceiling_dbtp=peak_dbtp)
-    state = limiter.limiter_init(params, 1)
     gain = np.float32(10 ** (gain_db / 20))
-    stem = _StemMeter(sample_rate, true_peak=False)
-    with audio_io.open_stem_writer(leveled, sample_rate=sample_rate, channels=1) as out:
-        for block in audio_io.iter_blocks(path, STEM_BLOCK_FRAMES):
-            limited, state = limiter.limiter_process(state, block[:, :1] * gain)
-            out.write(limited)
-            stem.add(limited)
-        limited, state = limiter.limiter_flush(state)
-        out.write(limited)
-        stem.add(limited)
+    leveled = path.with_name(f"{path.stem}.leveled.wav")
+    with audio_io.StemCanvas(leveled, frames=info.frames, sample_rate=sample_rate) as canvas:
+        measured = parts.run(lambda s: _level_stretch(path, info, s, canvas, params, gain), stretches, name="level")
     leveled.replace(path)
-    return stem.result()
+    return _joined(stretches, measured, sample_rate, true_peak=False)
+
+
+def _level_stretch(path: Path, info: audio_io.AudioInfo, stretch: parts.Stretch, canvas: audio_io.StemCanvas,
+                   params: limiter.LimiterParams, gain: np.float32) -> tuple[parts.Measured, np.ndarray]:
+    """Limit ``stretch`` of the stem into ``canvas``; meter it (from its pre-roll) and flag its speech."""
+    sr, start, stop = info.sample_rate, stretch.start, stretch.stop
+    first = start - min(start, LIMITER_PREROLL_S * sr)  # the limiter settles before the cut
+    last = stop >= info.frames
+    feed_end = info.frames if last else min(info.frames, stop + limiter.limiter_latency(params))
+    meter_from = start - stretch.preroll
+    state = limiter.limiter_init(params, 1)
+    meter = loudness.meter_init(sr, 1, weights=_HEARD_WEIGHTS)
+    hops = _Hops(sr)
+    pos = first  # frame of the next output sample (the limiter's output keeps its input's timing)
+
+    def emit(out: np.ndarray) -> None:
+        nonlocal pos, meter
+        lo, hi = max(pos, meter_from), min(pos + len(out), stop)
+        if hi > lo:
+            meter = loudness.meter_update(meter, out[lo - pos:hi - pos])
+        lo = max(pos, start)
+        if hi > lo:
+            canvas.write_at(lo, out[lo - pos:hi - pos])
+            hops.add(out[lo - pos:hi - pos])
+        pos += len(out)
+
+    for block in audio_io.iter_blocks(path, STEM_BLOCK_FRAMES, start=first, frames=feed_end - first):
+        out, state = limiter.limiter_process(state, block[:, :1] * gain)
+        emit(out)
+    if last:
+        out, state = limiter.limiter_flush(state)
+        emit(out)
+    return parts.Measured(meter, 0.0, max(0, min(pos, stop) - start)), hops.result()
 
 
 def _trim_and_fade(samples: np.ndarray, sample_rate: int) -> np.ndarray:

@@ -381,3 +381,36 @@ def test_frame_reader_reads_any_span_zero_padded_and_channel_mapped(tmp_path: Pa
     finally:
         mono.close()
         stereo.close()
+
+
+STEM_SR = 44100
+
+
+def test_stem_canvas_takes_blocks_anywhere_from_threads(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = np.random.default_rng(5).standard_normal((200_000, 2)).astype(np.float32) * 3  # unclipped
+    path = tmp_path / "stem.wav"
+    with audio_io.StemCanvas(path, frames=len(x), sample_rate=STEM_SR, channels=2) as canvas:
+        assert not path.exists()  # appears on close
+        spans = [(a, min(a + 30_001, len(x))) for a in range(0, len(x), 30_001)][::-1]
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(lambda span: canvas.write_at(span[0], x[span[0]:span[1]]), spans))
+        with pytest.raises(ValueError, match="outside"):
+            canvas.write_at(len(x) - 10, x[:11])
+        with pytest.raises(ValueError, match="shape"):
+            canvas.write_at(0, x[:10, :1])
+    info = audio_io.read_info(path)
+    assert (info.frames, info.channels, info.sample_rate) == (len(x), 2, STEM_SR)
+    assert np.array_equal(np.concatenate(list(audio_io.iter_blocks(path, 1 << 16))), x)
+
+
+def test_stem_canvas_unwritten_frames_are_silence_and_abort_leaves_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "stem.wav"
+    with audio_io.StemCanvas(path, frames=1000, sample_rate=STEM_SR) as canvas:
+        canvas.write_at(500, np.ones((10, 1), dtype=np.float32))
+    y = np.concatenate(list(audio_io.iter_blocks(path, 4096)))
+    assert y[500:510].min() == 1.0 and not y[:500].any() and not y[510:].any()
+    with pytest.raises(RuntimeError), audio_io.StemCanvas(tmp_path / "b.wav", frames=10, sample_rate=STEM_SR):
+        raise RuntimeError("boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stem.wav"]

@@ -87,3 +87,48 @@ def test_short_stem_is_levelled_onto_the_target(tmp_path: Path, seconds: float) 
     assert before.true_peak_db + (TARGET - before.lufs) > PEAK  # it needs limiting
     after = voice.level_stem(path, before, sample_rate=SR, target_lufs=TARGET, peak_dbtp=PEAK)
     assert abs(after.lufs - TARGET) <= voice.LEVEL_TOLERANCE_LU / 4
+
+
+def _one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(voice, "STEM_PARTS", 1)
+
+
+def test_long_stem_analysed_in_two_stretches_reads_as_one_pass(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _stem(tmp_path, 150.3)  # two stretches, cut at a whole second; not a whole number of hops
+    info = audio_io.read_info(path)
+    assert len(voice._stem_stretches(info)) == 2
+    split = voice._analyse(path, SR)
+    _one_pass(monkeypatch)
+    assert len(voice._stem_stretches(info)) == 1
+    whole = voice._analyse(path, SR)
+    assert split.frames == whole.frames == info.frames
+    assert abs(split.lufs - whole.lufs) < 1e-6
+    assert abs(split.true_peak_db - whole.true_peak_db) < 1e-5
+    assert np.array_equal(split.activity, whole.activity)
+    assert np.array_equal(split.speech_blocks, whole.speech_blocks)
+
+
+def test_long_stem_levelled_in_two_stretches_matches_one_pass(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The later stretch's limiter starts early; from the cut on, its gain is the single pass's."""
+    results = {}
+    for name in ("split", "whole"):
+        (tmp_path / name).mkdir()
+        path = _stem(tmp_path / name, 150.0)
+        before = voice._analyse(path, SR)
+        assert before.true_peak_db + (TARGET - before.lufs) > PEAK + 3  # heavy limiting across the cut
+        if name == "whole":
+            _one_pass(monkeypatch)
+        after = voice.level_stem(path, before, sample_rate=SR, target_lufs=TARGET, peak_dbtp=PEAK)
+        samples = np.concatenate(list(audio_io.iter_blocks(path, 1 << 20)))
+        results[name] = (after, samples, voice._analyse(path, SR))
+    (split, xs, reread), (whole, xw, _) = results["split"], results["whole"]
+    assert xs.shape == xw.shape
+    assert float(np.max(np.abs(xs - xw))) < 1e-6  # the cut (75 s) is inaudible: no difference at all
+    assert abs(split.lufs - whole.lufs) < 1e-6
+    assert np.array_equal(split.activity, whole.activity)
+    assert np.array_equal(split.speech_blocks, whole.speech_blocks)
+    # what the level pass measured is what it wrote
+    assert abs(reread.lufs - split.lufs) < 1e-6 and np.array_equal(reread.activity, split.activity)
+    assert reread.true_peak_db <= PEAK + 0.01
