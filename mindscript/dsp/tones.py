@@ -10,6 +10,7 @@ program. Samples are then synthesized in float32 from that exactly reduced phase
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -90,6 +91,38 @@ def _sine(hz: float, sample_rate: int, start_frame: int, n_frames: int, amplitud
     return out.reshape(-1)[:n_frames]
 
 
+# A frequency that is a whole number of hertz (every Solfeggio tone, most carriers and beats) repeats exactly
+# every ``sample_rate / gcd(sample_rate, hz)`` frames (528 Hz at 44.1 kHz: 3675 frames). Such a tone is copied
+# from one period computed in float64 and laid out long enough for any chunk, instead of being synthesized.
+_MAX_PERIOD = 1 << 16
+
+
+@functools.lru_cache(maxsize=16)
+def _periodic(hz: float, sample_rate: int, amplitude: float) -> tuple[int, np.ndarray] | None:
+    """(period, ``amplitude * sin`` of frames ``0 .. period + _CHUNK - 1``) for a whole-hertz tone, else None."""
+    if hz != math.floor(hz):
+        return None
+    common = math.gcd(sample_rate, int(hz))
+    period, cycles = sample_rate // common, int(hz) // common  # ``cycles`` whole cycles every ``period`` frames
+    if period > _MAX_PERIOD:
+        return None
+    n = np.arange(period, dtype=np.int64)
+    one = amplitude * np.sin(2.0 * np.pi * ((cycles * n) % period) / period)  # exact phase: integer arithmetic
+    table = np.resize(one.astype(np.float32), period + _CHUNK)
+    table.flags.writeable = False
+    return period, table
+
+
+def _tone(hz: float, sample_rate: int, start_frame: int, n_frames: int, amplitude: float) -> np.ndarray:
+    """``_sine``, or the same samples copied from the tone's period when it has a short one."""
+    periodic = _periodic(hz, sample_rate, amplitude)
+    if periodic is None:
+        return _sine(hz, sample_rate, start_frame, n_frames, amplitude)
+    period, table = periodic
+    offset = start_frame % period
+    return table[offset : offset + n_frames]
+
+
 def tone_block(params: ToneParams, sample_rate: int, start_frame: int, n_frames: int) -> np.ndarray:
     """Render frames ``start_frame .. start_frame + n_frames - 1`` of a tone pair as float32 ``(n, 2)``.
 
@@ -111,9 +144,9 @@ def tone_block(params: ToneParams, sample_rate: int, start_frame: int, n_frames:
     # Chunks keep the scratch arrays cache-sized however long a one-shot render is.
     for lo in range(0, n_frames, _CHUNK):
         n = min(_CHUNK, n_frames - lo)
-        out[lo : lo + n, 0] = _sine(float(params.left_hz), sample_rate, start_frame + lo, n, amplitude)
+        out[lo : lo + n, 0] = _tone(float(params.left_hz), sample_rate, start_frame + lo, n, amplitude)
         if params.right_hz == params.left_hz:
             out[lo : lo + n, 1] = out[lo : lo + n, 0]
         else:
-            out[lo : lo + n, 1] = _sine(float(params.right_hz), sample_rate, start_frame + lo, n, amplitude)
+            out[lo : lo + n, 1] = _tone(float(params.right_hz), sample_rate, start_frame + lo, n, amplitude)
     return out

@@ -86,3 +86,19 @@ def test_invalid_parameters_are_rejected_with_the_value() -> None:
         solfeggio(528.0, 1.5)
     with pytest.raises(ValueError, match="30000"):
         tone_block(solfeggio(30000.0, 0.5), 44100, 0, 10)
+
+
+@pytest.mark.parametrize("sr", [44100, 48000])
+@pytest.mark.parametrize("hz", [174.0, 207.0, 528.0, 963.0])
+@pytest.mark.parametrize("start", [0, 3675 * 7 + 11, 2 * 3600 * 48000 + 5])
+def test_whole_hertz_tones_copied_from_their_period_equal_the_synthesized_sine(sr: int, hz: float,
+                                                                                start: int) -> None:
+    from mindscript.dsp import tones
+
+    assert tones._periodic(hz, sr, 0.5) is not None  # these take the table path
+    n = 100_000  # longer than a chunk: the table is read at every offset
+    copied = tone_block(ToneParams(left_hz=hz, right_hz=hz, amplitude=0.5), sr, start, n)[:, 0]
+    synthesized = np.concatenate([tones._sine(hz, sr, start + lo, min(tones._CHUNK, n - lo), 0.5)
+                                  for lo in range(0, n, tones._CHUNK)])
+    assert float(np.max(np.abs(copied - synthesized))) < 2e-7  # float32 rounding of either
+    assert tones._periodic(hz + 0.5, sr, 0.5) is None  # a fractional frequency is synthesized
