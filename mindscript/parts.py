@@ -9,6 +9,7 @@ constant of the caller, not the machine's core count, so a file gives the same f
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -101,8 +102,14 @@ def measure_stretch(path: Path, info: audio_io.AudioInfo, stretch: Stretch, *,
         if peak_state is not None and pos + n > tp_from:
             lo = max(0, tp_from - pos)
             first_out = peak_state.frames_out
-            env, peak_state = truepeak.oversampled_peaks(peak_state, block[lo:], floor=peak)
-            peak = _peak_within(env, tp_from + first_out, start, stop, peak)
+            if tp_from + first_out >= start and pos + n <= stop:
+                # every envelope value this block yields lies in [start, stop): keep only the running maximum
+                # (interpolating only where it could rise), seeded with the stretch's maximum so far
+                peak_state = truepeak.truepeak_update(dataclasses.replace(peak_state, max_abs=peak), block[lo:])
+                peak = peak_state.max_abs
+            else:
+                env, peak_state = truepeak.oversampled_peaks(peak_state, block[lo:], floor=peak)
+                peak = _peak_within(env, tp_from + first_out, start, stop, peak)
         pos += n
     if peak_state is not None and last:
         first_out = peak_state.frames_out
