@@ -23,7 +23,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -159,8 +162,36 @@ def audio_store(settings: Settings) -> AudioStore:
     return LocalAudioStore(settings.tts_cache_dir)
 
 
+_HOST = socket.gethostname()
+
+
+def _process_started(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, Linux), to tell it from a later one with its pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]  # field 22, counted after the parenthesised command name
+
+
+def _process_gone(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return started is not None and _process_started(pid) not in (None, started)
+
+
 class _ExpiringFileLocks(FileSystemLockManager):
-    """File locks that expire: a worker killed while holding one must not block that chunk forever."""
+    """File locks that expire, and that a dead holder on this host gives up at once.
+
+    A render killed while holding a chunk's lock (SIGKILL, OOM) would otherwise block every render of that chunk
+    until the hold timeout (minutes). Each lock file also records the holder's host, pid and process start
+    time; a waiter on the same host that finds that process gone removes the lock. Holders on other hosts
+    (a TTS_CACHE_DIR shared over a network file system) are left to the expiry.
+    """
 
     def __init__(self, lock_files_directory: Path, hold_timeout: float) -> None:
         super().__init__(lock_files_directory=lock_files_directory)
@@ -168,7 +199,34 @@ class _ExpiringFileLocks(FileSystemLockManager):
 
     def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
                      hold_timeout: float | None = None) -> bool:
-        return super().acquire_lock(key, holder, acquire_timeout, hold_timeout or self.default_hold_timeout)
+        acquired = super().acquire_lock(key, holder, acquire_timeout, hold_timeout or self.default_hold_timeout)
+        if acquired:
+            self._stamp(key)
+        return acquired
+
+    def _stamp(self, key: str) -> None:
+        """Add this process to the lock file Prefect wrote (replaced whole: a reader never sees half of it)."""
+        info = self._locks.get(key)
+        if info is None:
+            return
+        path = Path(self._lock_path_for_key(key))
+        expiration = info.get("expiration")
+        data = {"holder": info["holder"], "expiration": str(expiration) if expiration is not None else None,
+                "host": _HOST, "pid": os.getpid(), "started": _process_started(os.getpid())}
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+
+    def is_locked(self, key: str, use_cache: bool = False) -> bool:
+        info = self._get_lock_info(key, use_cache=use_cache)
+        if info is not None and info.get("host") == _HOST and isinstance(info.get("pid"), int) \
+                and info["pid"] != os.getpid() and _process_gone(info["pid"], info.get("started")):
+            log.warning("TTS chunk lock %s: its holder (pid %s) has exited without releasing it; taking it over",
+                        key, info["pid"])
+            Path(info["path"]).unlink(missing_ok=True)
+            self._locks.pop(key, None)
+            return False
+        return super().is_locked(key, use_cache)
 
     def _get_lock_info(self, key: str, use_cache: bool = True) -> Any:
         # Prefect creates the lock file and then writes it: a reader in between sees an empty file and the
@@ -182,7 +240,11 @@ class _ExpiringFileLocks(FileSystemLockManager):
 
     async def aacquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
                             hold_timeout: float | None = None) -> bool:
-        return await super().aacquire_lock(key, holder, acquire_timeout, hold_timeout or self.default_hold_timeout)
+        acquired = await super().aacquire_lock(key, holder, acquire_timeout,
+                                               hold_timeout or self.default_hold_timeout)
+        if acquired:
+            self._stamp(key)
+        return acquired
 
 
 def _expiring_redis_locks(connection_url: str, hold_timeout: float) -> Any:
