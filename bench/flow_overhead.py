@@ -89,7 +89,8 @@ def direct(runs: int, duration_s: float) -> None:
         t0 = time.perf_counter()
         result = render_job(j)
         wall = time.perf_counter() - t0
-        calls.append({"wall_s": round(wall, 3), "stages_s": round(stage_sum(result), 3)})
+        calls.append({"wall_s": round(wall, 3), "stages_s": round(stage_sum(result), 3),
+                      "timings": result["data"]["metadata"]["timings"]})
     print(json.dumps({"warmup": calls[0], "calls": calls[1:]}), flush=True)
 
 
@@ -123,7 +124,8 @@ async def served_run(duration_s: float, job_id: str) -> dict[str, float]:
     created, pending, running, done = (first[k] for k in ("SCHEDULED", "PENDING", "RUNNING", "COMPLETED"))
     stages = stage_sum(result)
     return {"wall_s": done - created, "stages_s": stages, "overhead_s": done - created - stages,
-            "pickup_s": pending - created, "start_s": running - pending, "in_run_s": done - running - stages}
+            "pickup_s": pending - created, "start_s": running - pending, "in_run_s": done - running - stages,
+            "timings": result["data"]["metadata"]["timings"]}
 
 
 def measure(runs: int, duration_s: float, poll_s: int) -> str:
@@ -159,7 +161,8 @@ def measure(runs: int, duration_s: float, poll_s: int) -> str:
             out = []
             for i in range(runs):
                 out.append(await served_run(duration_s, f"overhead-{i}"))
-                print(f"served run {i + 1}/{runs}: " + ", ".join(f"{k} {v:.2f}" for k, v in out[-1].items()),
+                print(f"served run {i + 1}/{runs}: "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in out[-1].items() if k != "timings"),
                       file=sys.stderr, flush=True)
             return warm, out
 
@@ -207,10 +210,16 @@ def report(runs: int, duration_s: float, poll_s: int, server: str, warm: dict[st
         f"| **served wall - direct wall** (medians) | **{served_wall - direct_wall:.2f}** |",
         f"| served wall without pickup - direct wall (medians) | {statistics.median(no_pickup) - direct_wall:.2f} |",
     ]
+    stages = sorted({k for r in (*served, *calls) for k in r["timings"]},
+                    key=lambda k: -statistics.median(float(r["timings"].get(k, 0.0)) for r in served))
+    per_stage = ["", "Stage by stage (the render's own timings), medians:", "",
+                 "| stage | served s | direct s |", "|---|---|---|",
+                 *(f"| {k} | {statistics.median(float(r['timings'].get(k, 0.0)) for r in served):.2f} | "
+                   f"{statistics.median(float(c['timings'].get(k, 0.0)) for c in calls):.2f} |" for k in stages)]
     body = [f"{duration_s / 60:g}-minute job, {runs} served runs after one warm-up run "
             f"(warm-up: wall {warm['wall_s']:.2f} s, overhead {warm['overhead_s']:.2f} s), then {runs} direct calls "
             f"after one warm-up call (wall {direct_out['warmup']['wall_s']:.2f} s). Server: {server}.", "",
-            "| measure | s, median (min-max) |", "|---|---|", *rows]
+            "| measure | s, median (min-max) |", "|---|---|", *rows, *per_stage]
     return "\n".join([f"## Orchestration overhead (served flow run vs direct call), {duration_s / 60:g} min", "",
                       f"Machine: {machine()}.",
                       f"Command: `python bench/flow_overhead.py --runs {runs} --duration {duration_s:g} "
