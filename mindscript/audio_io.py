@@ -674,22 +674,21 @@ class _FloatWavWriter(Encoder):
         self._file.close()
 
 
-class StemCanvas(_ClosesOnExit):
+class StemCanvas(Encoder):
     """A float32 WAV of a known length whose frames are written at any position, by several threads at once.
 
     The header is written first and the data region sized at once; ``write_at`` puts a block at its frame with
     ``os.pwrite`` (no shared file position, and no mapped pages counted in the writer's memory). Frames never
-    written read as silence. The file appears at its path on ``close``; ``abort`` (or an exception in the
-    ``with`` block) removes it.
+    written read as silence; ``write`` appends after what ``write`` wrote before. The lifecycle is the
+    encoders': the file appears at its path on ``close``; ``abort`` (or an exception in the ``with`` block)
+    removes it.
     """
 
     def __init__(self, path: Path, *, frames: int, sample_rate: int, channels: int = 1) -> None:
-        _check_rate(sample_rate)
-        _check_channels(channels)
+        super().__init__(path, sample_rate=sample_rate, channels=channels)
         if frames < 0:
             raise ValueError(f"frames must be >= 0, got {frames!r}")
-        self.path, self.frames, self.channels = Path(path), frames, channels
-        self._part = _part_path(self.path)
+        self.frames = frames
         self._frame_bytes = 4 * channels
         data_bytes = frames * self._frame_bytes
         if data_bytes + 36 > 0xFFFFFFFF:
@@ -703,7 +702,6 @@ class StemCanvas(_ClosesOnExit):
         ])  # fmt: skip
         self._offset = len(header)
         self._fd = os.open(self._part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        self._state: Literal["open", "closed", "aborted"] = "open"
         try:
             os.pwrite(self._fd, header, 0)
             os.ftruncate(self._fd, self._offset + data_bytes)
@@ -725,29 +723,15 @@ class StemCanvas(_ClosesOnExit):
             written = os.pwrite(self._fd, data, pos)
             data, pos = data[written:], pos + written
 
-    def close(self) -> Path:
-        """Move the file into place; idempotent."""
-        if self._state == "closed":
-            return self.path
-        if self._state == "aborted":
-            raise EncoderFailed(f"stem '{self.path}' was aborted; nothing to close")
-        try:
-            os.close(self._fd)
-            self._state = "closed"
-            os.replace(self._part, self.path)
-        except BaseException:
-            _unlink_quietly(self._part)
-            raise
-        return self.path
+    def _write(self, block: FloatArray) -> None:
+        self.write_at(self.frames_written, block)
 
-    def abort(self) -> None:
-        """Remove the partial file; idempotent."""
-        if self._state != "open":
-            return
-        self._state = "aborted"
+    def _finish(self) -> None:
+        os.close(self._fd)
+
+    def _kill(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self._fd)
-        _unlink_quietly(self._part)
 
 
 # ------------------------------------------------------------------------------ parallel MP3 segments

@@ -411,6 +411,11 @@ def test_stem_canvas_unwritten_frames_are_silence_and_abort_leaves_nothing(tmp_p
         canvas.write_at(500, np.ones((10, 1), dtype=np.float32))
     y = np.concatenate(list(audio_io.iter_blocks(path, 4096)))
     assert y[500:510].min() == 1.0 and not y[:500].any() and not y[510:].any()
+    with audio_io.StemCanvas(tmp_path / "seq.wav", frames=6, sample_rate=STEM_SR) as canvas:  # as an encoder
+        canvas.write(np.full((4, 1), 0.5, dtype=np.float32))
+        canvas.write(np.full((2, 1), -0.5, dtype=np.float32))
+    assert np.concatenate(list(audio_io.iter_blocks(tmp_path / "seq.wav", 16)))[:, 0].tolist() == [0.5] * 4 + [-0.5] * 2
+    (tmp_path / "seq.wav").unlink()
     with pytest.raises(RuntimeError), audio_io.StemCanvas(tmp_path / "b.wav", frames=10, sample_rate=STEM_SR):
         raise RuntimeError("boom")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stem.wav"]
