@@ -219,14 +219,16 @@ class _ExpiringFileLocks(FileSystemLockManager):
 
     def is_locked(self, key: str, use_cache: bool = False) -> bool:
         info = self._get_lock_info(key, use_cache=use_cache)
-        if info is not None and info.get("host") == _HOST and isinstance(info.get("pid"), int) \
-                and info["pid"] != os.getpid() and _process_gone(info["pid"], info.get("started")):
+        if info is None:
+            return False
+        if info.get("host") == _HOST and isinstance(info.get("pid"), int) and info["pid"] != os.getpid() \
+                and _process_gone(info["pid"], info.get("started")):
             log.warning("TTS chunk lock %s: its holder (pid %s) has exited without releasing it; taking it over",
                         key, info["pid"])
             Path(info["path"]).unlink(missing_ok=True)
             self._locks.pop(key, None)
             return False
-        return super().is_locked(key, use_cache)
+        return super().is_locked(key, use_cache=True)  # the expiry check, on the info just read (no second read)
 
     def _get_lock_info(self, key: str, use_cache: bool = True) -> Any:
         # Prefect creates the lock file and then writes it: a reader in between sees an empty file and the
