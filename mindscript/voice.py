@@ -370,37 +370,6 @@ class _Hops:
         return np.concatenate(self.flags) if self.flags else np.zeros(0, dtype=bool)
 
 
-class _StemMeter:
-    """The analysis of a mono stem, fed block by block: loudness as heard, true peak, speech activity.
-
-    Blocks may have any length: the activity flags are those of the stem read in one piece.
-    ``true_peak=False`` skips the true peak (it costs as much as the loudness on a limited stem, whose peak
-    the limiter already bounds).
-    """
-
-    def __init__(self, sample_rate: int, *, true_peak: bool = True) -> None:
-        self.meter = loudness.meter_init(sample_rate, 1, weights=_HEARD_WEIGHTS)
-        self.peak = truepeak.truepeak_init(1) if true_peak else None
-        self.hops = _Hops(sample_rate)
-        self.frames = 0
-
-    def add(self, mono: np.ndarray) -> None:
-        self.meter = loudness.meter_update(self.meter, mono)
-        if self.peak is not None:
-            self.peak = truepeak.truepeak_update(self.peak, mono)
-        self.hops.add(mono)
-        self.frames += len(mono)
-
-    def result(self) -> _StemAnalysis:
-        return _StemAnalysis(
-            frames=self.frames,
-            lufs=loudness.meter_result(self.meter).integrated_lufs,
-            true_peak_db=None if self.peak is None else truepeak.truepeak_db(self.peak),
-            activity=self.hops.result(),
-            speech_blocks=loudness.gated_blocks(self.meter),
-        )
-
-
 def _stem_stretches(info: audio_io.AudioInfo) -> list[parts.Stretch]:
     if info.channels != 1:
         raise InvalidAudio(f"voice stem '{info.path}' must be mono, got {info.channels} channels")
