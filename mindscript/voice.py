@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mindscript import assets, audio_io, parts
-from mindscript.dsp import ducking, limiter, loudness, truepeak
+from mindscript.dsp import ducking, limiter, loudness
 from mindscript.errors import AssetNotFound, InvalidAudio, InvalidJob, RenderError, StorageError, StorageRejected
 from mindscript.job import RenderJob
 from mindscript.script import Pause, Speech, chunk_text, parse_script
