@@ -29,7 +29,6 @@ from typing import IO, Literal, Self
 import numpy as np
 import soundfile as sf
 from numpy.typing import NDArray
-from scipy.signal import resample_poly
 
 from mindscript import mp3frames
 from mindscript.errors import AssetNotFound, AssetTooLarge, EncoderFailed, InvalidAudio
@@ -352,6 +351,8 @@ def decode_bytes(
             raise InvalidAudio(f"{what}: holds no audio frames")
     samples = _map_channels(samples, channels)
     if rate != sample_rate:
+        from scipy.signal import resample_poly  # only here: scipy.signal is a large import (see dsp.loudness)
+
         ratio = Fraction(sample_rate, int(rate))  # reduced by gcd, e.g. 44100/24000 -> 147/80
         samples = resample_poly(samples, ratio.numerator, ratio.denominator, axis=0)
     return np.ascontiguousarray(samples, dtype=np.float32)

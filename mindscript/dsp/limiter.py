@@ -26,7 +26,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import uniform_filter1d
 
 from ._checks import as_frames, check_finite, check_frames, check_sample_rate
 from .truepeak import LATENCY_FRAMES as _TP_LATENCY
@@ -159,16 +158,20 @@ def _sliding_max(x: np.ndarray, width: int) -> np.ndarray:
 
 
 def _moving_average(x: np.ndarray, width: int) -> np.ndarray:
-    """``out[q] = mean(x[q : q + width])`` for every full window (scipy's running-sum box filter).
+    """``out[q] = mean(x[q : q + width])`` for every full window (differences of a running sum).
 
-    The running sum leaves rounding residue (~1e-16 of the values it passed over) where the exact mean is
-    0; such values are far under the snap threshold and do not change the gain.
+    The running sum leaves rounding residue (~1e-16 of the sum so far) where the exact mean is 0; such
+    values are far under the snap threshold and do not change the gain.
     """
     n_out = x.shape[0] - width + 1
     if n_out <= 0:
         return np.zeros(0, dtype=np.float64)
-    # uniform_filter1d centres its window on i - width // 2 .. i + (width - 1) // 2, i.e. out[q] = y[q + width // 2].
-    return uniform_filter1d(x, width, mode="constant")[width // 2 : width // 2 + n_out]
+    total = np.empty(x.shape[0] + 1, dtype=np.float64)
+    total[0] = 0.0
+    np.cumsum(x, out=total[1:])
+    out = total[width:] - total[:n_out]
+    out /= width
+    return out
 
 
 def _ceiling_linear(params: LimiterParams) -> float:

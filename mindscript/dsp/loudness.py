@@ -12,12 +12,16 @@ blocks: filter state ``zi`` is carried across blocks and a step is summed only o
 from __future__ import annotations
 
 import dataclasses
+import importlib.machinery
+import importlib.util
 import math
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-from scipy import signal
+import scipy
 
 from ._checks import as_frames, check_frames, check_sample_rate
 
@@ -129,6 +133,55 @@ def k_weighting_sos(sample_rate: int) -> np.ndarray:
     return np.array([shelf, highpass], dtype=np.float64)
 
 
+def _sos_kernel() -> Callable[[np.ndarray, np.ndarray, np.ndarray], None] | None:
+    """scipy's compiled second-order-sections kernel, loaded without the rest of ``scipy.signal``.
+
+    ``import scipy.signal`` also imports scipy.stats, optimize, sparse, spatial, interpolate and special:
+    ~80 MB of resident memory and ~1 s of CPU in every render process, more than a render's whole working
+    set. The kernel is one extension module that needs only numpy. None (use ``scipy.signal.sosfilt``)
+    where this scipy lays it out differently.
+    """
+    name = "scipy.signal._sosfilt"
+    module = sys.modules.get(name)
+    if module is None:
+        folder = Path(scipy.__file__).parent / "signal"
+        found = [folder / f"_sosfilt{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+        path = next((p for p in found if p.is_file()), None)
+        if path is None:
+            return None
+        try:
+            loader = importlib.machinery.ExtensionFileLoader(name, str(path))
+            spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+            if spec is None:
+                return None
+            module = importlib.util.module_from_spec(spec)
+            loader.exec_module(module)
+        except ImportError:
+            return None
+        sys.modules[name] = module  # a later ``import scipy.signal`` uses this one
+    return getattr(module, "_sosfilt", None)
+
+
+_SOS_KERNEL = _sos_kernel()
+
+
+def _sosfilt(sos: np.ndarray, x: np.ndarray, zi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``scipy.signal.sosfilt(sos, x, axis=-1, zi=zi)`` for ``x`` of shape ``(signals, n)``.
+
+    Same computation and result type: the kernel filters a C-ordered copy of ``x`` in place, its state laid
+    out ``(signals, sections, 2)``.
+    """
+    if _SOS_KERNEL is None:
+        from scipy import signal
+
+        return signal.sosfilt(np.array(sos), x, axis=-1, zi=zi)
+    dtype = np.result_type(sos, x, zi)
+    y = np.array(x, dtype=dtype, order="C")
+    state = np.array(np.swapaxes(zi, 0, 1), dtype=dtype, order="C")
+    _SOS_KERNEL(np.array(sos, dtype=dtype, order="C"), y, state)
+    return y, np.swapaxes(state, 0, 1)
+
+
 def _channel_weights(channels: int) -> tuple[float, ...]:
     """Channel weights G_i of BS.1770-4 Table 3.
 
@@ -194,13 +247,12 @@ def _k_weighted_squares(state: MeterState, x: np.ndarray) -> tuple[np.ndarray, n
     """
     n, channels = x.shape
     if channels % 2:
-        # (a writable copy of sos: scipy's kernel will not take a read-only buffer)
-        y, zf = signal.sosfilt(np.array(state.sos), x.T, axis=-1, zi=state.zi)
+        y, zf = _sosfilt(state.sos, x.T, state.zi)
         np.square(y, out=y)
         return y, zf
     pairs = np.ascontiguousarray(x).view(np.complex64).T  # (channels / 2, n): channel 2k real, 2k + 1 imag
     zi = state.zi[:, 0::2, :] + 1j * state.zi[:, 1::2, :]
-    yc, zfc = signal.sosfilt(state.sos, pairs, axis=-1, zi=zi)
+    yc, zfc = _sosfilt(state.sos, pairs, zi)
     # Squared in place (no block-sized temporaries: in a VM their page faults cost more than the maths),
     # then (pairs, n, [re, im]) seen as (channels, n); a view for stereo.
     y = yc.view(np.float64)

@@ -28,7 +28,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.fft as sfft
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ._checks import as_frames, check_finite, check_frames, check_sample_rate
@@ -74,7 +73,7 @@ def _phase_taps() -> np.ndarray:
 def _phase_spectra() -> np.ndarray:
     """Spectra of the time-reversed phase filters for overlap-save, shape ``(3, 1, 1, NFFT/2+1)``."""
     taps = _phase_taps()[:, ::-1].astype(np.float32)
-    spectra = np.array(sfft.rfft(taps, n=_NFFT, axis=-1)[:, None, None, :], dtype=np.complex64)
+    spectra = np.array(np.fft.rfft(taps, n=_NFFT, axis=-1)[:, None, None, :], dtype=np.complex64)
     spectra.flags.writeable = False
     return spectra
 
@@ -153,8 +152,8 @@ def _interpolated(rows: np.ndarray, windows: np.ndarray) -> np.ndarray:
     batch = max(1, _BATCH_FRAMES // (_NFFT * channels))
     for b0 in range(0, windows.shape[0], batch):
         b1 = min(windows.shape[0], b0 + batch)
-        spectrum = sfft.rfft(frames[:, windows[b0:b1] * _STEP], axis=-1)
-        phases = sfft.irfft(spectrum[None] * _SPECTRA, n=_NFFT, axis=-1, overwrite_x=True)
+        spectrum = np.fft.rfft(frames[:, windows[b0:b1] * _STEP], axis=-1)  # float32 in, complex64 out (numpy 2)
+        phases = np.fft.irfft(spectrum[None] * _SPECTRA, n=_NFFT, axis=-1)
         # The first TAPS - 1 outputs of a window wrap around (overlap-save); the rest are valid.
         valid = phases.reshape(-1, b1 - b0, _NFFT)[:, :, _TAPS - 1 :]
         np.abs(valid[0], out=out[b0:b1])

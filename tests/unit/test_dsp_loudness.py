@@ -187,3 +187,35 @@ def test_rejects_bad_input_with_the_value() -> None:
         meter_init(48000, 2, weights=(1.0,))
     with pytest.raises(ValueError, match="-1.0"):
         meter_init(48000, 1, weights=(-1.0,))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.complex64])
+def test_the_filter_kernel_equals_scipy_signal_sosfilt(dtype: type) -> None:
+    # The meter calls scipy's compiled kernel without importing scipy.signal; same numbers and state.
+    from scipy import signal
+
+    from mindscript.dsp import loudness
+
+    assert loudness._SOS_KERNEL is not None  # this scipy's layout is the one the loader expects
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 20_000)).astype(dtype)
+    zi = rng.standard_normal((2, 3, 2))
+    sos = k_weighting_sos(44100)
+    y, zf = loudness._sosfilt(sos, x, zi)
+    want_y, want_zf = signal.sosfilt(sos, x, axis=-1, zi=zi)
+    assert y.dtype == want_y.dtype and zf.shape == want_zf.shape == (2, 3, 2)
+    assert np.array_equal(y, want_y) and np.array_equal(zf, want_zf)
+
+
+def test_the_render_core_imports_no_scipy_signal_stack() -> None:
+    # scipy.signal pulls in stats, optimize, sparse, spatial and special (~80 MB resident in every render
+    # process); the render core needs none of them.
+    import subprocess
+    import sys
+
+    code = ("import sys; import mindscript.master, mindscript.voice, mindscript.layers; "
+            "print(sorted(m for m in sys.modules if m.split('.')[:2] in (['scipy', 'signal'], ['scipy', 'stats'], "
+            "['scipy', 'special'], ['scipy', 'optimize'], ['scipy', 'sparse'], ['scipy', 'ndimage'], "
+            "['scipy', 'fft'])))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['scipy.signal._sosfilt']"
