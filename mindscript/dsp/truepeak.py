@@ -10,7 +10,9 @@ reaches about 40 dB).
 Phases are evaluated with FFT overlap-save on short windows (batched), so cost is a few FFTs per input
 sample instead of 96 multiply-adds. Windows whose interpolated values provably cannot matter are skipped:
 every interpolated value is a weighted sum of 32 input samples, so it is at most ``L1 * max |x|`` over
-them (``L1`` the largest sum of absolute tap values of a phase, ~2.39). A running maximum
+them (``L1`` the largest sum of absolute tap values of a phase, ~2.39); and, tighter for audio, at most
+the larger of its two neighbouring samples plus ``0.44 * max |d2x|`` over them (``d2x`` the second difference:
+the phases differ from linear interpolation by a kernel that cancels constants and ramps). A running maximum
 (:func:`truepeak_update`) skips every window whose bound is under the maximum already found, and an
 envelope with a ``floor`` (the limiter's ceiling) skips every window whose bound is under the floor.
 Both are exact: the skipped values are the ones that could not change the result.
@@ -83,6 +85,30 @@ _SPECTRA = _phase_spectra()
 _L1 = float(np.abs(_phase_taps()).sum(axis=1).max()) * _BOUND_MARGIN
 
 
+def _smoothness_gains() -> tuple[float, float]:
+    """``(SLOPE_GAIN, CURVE_GAIN)``: every interpolated value is a linear interpolation between its two
+    neighbouring samples plus at most ``SLOPE_GAIN * max |dx| + CURVE_GAIN * max |d2x|`` over its taps.
+
+    A phase's taps ``g`` minus the linear-interpolation taps sum to 0 (both have unity DC gain), so summing
+    by parts twice turns their product with ``x`` into ``sum w_t d2x_t + eps * dx_c`` (``u`` the running sum
+    of the difference, ``eps`` the sum of ``u``, ``w`` the running sum of ``u`` less ``eps`` at the centre).
+    """
+    slope = curve = 0.0
+    for p, taps in enumerate(_phase_taps(), start=1):
+        rest = taps.copy()
+        rest[_HALF - 1] -= 1.0 - p / OVERSAMPLING
+        rest[_HALF] -= p / OVERSAMPLING
+        u = np.cumsum(rest)[:-1]  # rest_t = u_t - u_{t-1}; the last running sum is 0
+        eps = float(u.sum())
+        u[_HALF - 1] -= eps
+        w = np.cumsum(u)[:-1]  # u_t = w_t - w_{t-1}; the last running sum is 0
+        slope, curve = max(slope, abs(eps)), max(curve, float(np.abs(w).sum()))
+    return slope, curve
+
+
+_SLOPE_GAIN, _CURVE_GAIN = _smoothness_gains()
+
+
 @dataclass(frozen=True)
 class TruePeakState:
     """Explicit state of a streaming true-peak meter (treat arrays as read-only).
@@ -126,19 +152,42 @@ def _frame_peaks(rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def _window_bounds(a: np.ndarray, m: int) -> np.ndarray:
-    """Upper bound of the interpolated values of each window (STEP outputs) from the frame peaks ``a``.
+def _span_maxima(values: np.ndarray, m: int) -> np.ndarray:
+    """Max of ``values`` (one per frame) over the frames each window's outputs read.
 
     Outputs ``j`` of window ``w`` are ``w * STEP <= j < (w + 1) * STEP`` (up to ``m``); they read frames
     ``w * STEP .. (w + 1) * STEP + 30``: the window's own frames and the first 31 of the next window's.
     """
     n_win = -(-m // _STEP)
     padded = np.zeros((n_win + 1) * _STEP, dtype=np.float32)
-    padded[: a.shape[0]] = a
+    padded[: values.shape[0]] = values
     grid = padded.reshape(n_win + 1, _STEP)
-    own = grid[:n_win].max(axis=1)
-    ahead = grid[1:, : _TAPS - 1].max(axis=1)
-    return np.maximum(own, ahead) * _L1
+    return np.maximum(grid[:n_win].max(axis=1), grid[1:, : _TAPS - 1].max(axis=1))
+
+
+def _over(rows: np.ndarray, a: np.ndarray, m: int, floor: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """The windows (STEP outputs each) whose interpolated values could exceed ``floor``, ascending, and
+    ``rows`` padded for :func:`_interpolated` (None when there are none).
+
+    Two bounds, the second only where the first does not settle it: ``L1 * max |x|`` holds for any signal;
+    for audio, whose neighbouring samples are close, ``max |x| * (1 + 2 SLOPE_GAIN) + CURVE_GAIN * max |d2x|``
+    (``d2x`` the second difference) is far tighter. Both are over the frames the window's outputs read,
+    the NFFT frames from its start.
+    """
+    peak = _span_maxima(a, m)
+    windows = np.flatnonzero(peak * _L1 > floor)
+    if windows.size == 0:
+        return windows, None
+    padded = _pad_rows(rows, m)
+    spans = sliding_window_view(padded, _NFFT, axis=-1)[:, windows * _STEP]  # (channels, windows, NFFT)
+    curve = spans[..., 2:] + spans[..., :-2]
+    np.subtract(curve, spans[..., 1:-1], out=curve)
+    np.subtract(curve, spans[..., 1:-1], out=curve)
+    np.abs(curve, out=curve)
+    bend = _frame_peaks(curve.max(axis=-1))
+    smooth = (peak[windows] * (1.0 + 2.0 * _SLOPE_GAIN) + _CURVE_GAIN * bend) * _BOUND_MARGIN
+    windows = windows[smooth > floor]
+    return windows, (padded if windows.size else None)
 
 
 def _interpolated(rows: np.ndarray, windows: np.ndarray) -> np.ndarray:
@@ -180,13 +229,16 @@ def _envelope(rows: np.ndarray, floor: float = 0.0) -> np.ndarray:
     """
     m = rows.shape[1] - (_TAPS - 1)
     a = _frame_peaks(rows)
-    bounds = _window_bounds(a, m)
-    env = np.zeros(bounds.shape[0] * _STEP, dtype=np.float32)  # laid out one window per row below
+    n_win = -(-m // _STEP)
+    env = np.zeros(n_win * _STEP, dtype=np.float32)  # laid out one window per row below
     env[:m] = a[_HALF - 1 : _HALF - 1 + m]
-    windows = np.flatnonzero(bounds > floor) if floor > 0.0 else np.arange(bounds.shape[0])
-    if windows.size:
-        by_window = env.reshape(bounds.shape[0], _STEP)
-        by_window[windows] = np.maximum(by_window[windows], _interpolated(_pad_rows(rows, m), windows))
+    if floor > 0.0:
+        windows, padded = _over(rows, a, m, floor)
+    else:
+        windows, padded = np.arange(n_win), _pad_rows(rows, m)
+    if padded is not None:
+        by_window = env.reshape(n_win, _STEP)
+        by_window[windows] = np.maximum(by_window[windows], _interpolated(padded, windows))
     return env[:m]
 
 
@@ -195,10 +247,10 @@ def _envelope_max(rows: np.ndarray, floor: float) -> float:
     m = rows.shape[1] - (_TAPS - 1)
     a = _frame_peaks(rows)
     floor = max(floor, float(a[_HALF - 1 : _HALF - 1 + m].max()))
-    windows = np.flatnonzero(_window_bounds(a, m) > floor)
-    if windows.size == 0:
+    windows, padded = _over(rows, a, m, floor)
+    if padded is None:
         return floor
-    peaks = _interpolated(_pad_rows(rows, m), windows)
+    peaks = _interpolated(padded, windows)
     # Trailing values of the last window lie past m: they are interpolated from the zero padding and
     # from frames whose own lookahead has not arrived, so they are left out.
     last = m - windows[-1] * _STEP

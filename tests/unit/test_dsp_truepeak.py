@@ -144,3 +144,40 @@ def test_floor_leaves_every_value_above_it_exact(floor_db: float) -> None:
     assert np.all(floored >= np.abs(x).max(axis=1) - 1e-7)  # ...and never below the sample peak
     with pytest.raises(ValueError, match="-1.0"):
         oversampled_peaks(truepeak_init(2), x[:10], floor=-1.0)
+
+
+def _signals(n: int) -> dict[str, np.ndarray]:
+    """``(channels, n)`` float32: noise and the worst shapes for a smoothness bound, and smooth audio."""
+    rng = np.random.default_rng(11)
+    t = np.arange(n) / 44100
+    swell = 0.2 + 0.8 * np.abs(np.sin(2 * np.pi * 0.7 * t))
+    chord = sum(np.sin(2 * np.pi * f * t + k) / (k + 1) for k, f in enumerate((200.0, 207.0, 528.0, 1760.0)))
+    return {
+        "noise": rng.standard_normal((2, n)),
+        "near-nyquist sines": np.stack([np.sin(2 * np.pi * 21000 * t), np.sin(2 * np.pi * 22000 * t + 1)]),
+        "quarter-rate square": np.stack([np.sign(np.sin(2 * np.pi * 11025 * t + 0.785))] * 2),
+        "alternating": np.stack([(-1.0) ** np.arange(n)] * 2),
+        "swelling chord": np.stack([swell * chord, 0.7 * swell * chord]) / 2.5,
+        "mono voice-like": (np.sin(2 * np.pi * 130 * t) * swell + 0.01 * rng.standard_normal(n))[None],
+    }
+
+
+@pytest.mark.parametrize("name", list(_signals(10)))
+def test_windows_left_out_could_not_exceed_the_floor(name: str) -> None:
+    # Every window whose interpolated values reach over the floor is among those interpolated, whichever of
+    # the two bounds decides; on smooth audio the smoothness bound leaves most windows out.
+    from mindscript.dsp import truepeak
+
+    rows = (_signals(120_000)[name] * 0.5).astype(np.float32)
+    m = rows.shape[1] - 31
+    windows = np.arange(-(-m // truepeak._STEP))
+    values = truepeak._interpolated(truepeak._pad_rows(rows, m), windows)
+    last = m - windows[-1] * truepeak._STEP
+    window_max = np.append(values[:-1].max(axis=1), values[-1, :last].max())
+    a = truepeak._frame_peaks(rows)
+    for floor in np.quantile(window_max, [0.05, 0.5, 0.9, 0.999]):
+        kept, _ = truepeak._over(rows, a, m, float(floor))
+        assert np.isin(np.flatnonzero(window_max > floor), kept).all()
+        if name in ("swelling chord", "mono voice-like") and floor == np.quantile(window_max, 0.9):
+            by_peak_alone = np.count_nonzero(truepeak._span_maxima(a, m) * truepeak._L1 > floor)
+            assert kept.size < 0.3 * by_peak_alone  # here 27 of 189 and 56 of 214 windows
