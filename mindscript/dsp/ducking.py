@@ -71,7 +71,10 @@ def speech_activity(
     n_hops = -(-n // hop_frames)
     if n_hops == 0:
         return np.zeros(0, dtype=bool)
-    energy = np.square(x, dtype=np.float64).sum(axis=1)
+    # channel by channel: numpy's sum over a short trailing axis costs ~20x a plain square of one channel
+    energy = np.square(x[:, 0], dtype=np.float64)
+    for ch in range(1, x.shape[1]):
+        energy += np.square(x[:, ch], dtype=np.float64)
     starts = np.arange(n_hops, dtype=np.int64) * hop_frames
     sums = np.add.reduceat(energy, starts)
     counts = np.minimum(starts + hop_frames, n) - starts
