@@ -431,15 +431,20 @@ class FrameReader:
         self.frames = self._file.frames
 
     def read(self, start: int, n: int) -> FloatArray:
-        out = np.zeros((max(n, 0), self.channels), dtype=np.float32)
-        if n <= 0 or start < 0 or start >= self.frames:
+        n = max(n, 0)
+        have = 0 if start < 0 or start >= self.frames else min(n, self.frames - start)
+        out = np.empty((n, self.channels), dtype=np.float32)
+        out[have:] = 0.0
+        if have == 0:
             return out
         try:
             self._file.seek(start)
-            got = self._file.read(min(n, self.frames - start), dtype="float32", always_2d=True)
+            if self._file.channels == self.channels:  # decoded straight into the block, no copy
+                self._file.read(have, dtype="float32", always_2d=True, fill_value=0.0, out=out[:have])
+            else:
+                out[:have] = _map_channels(self._file.read(have, dtype="float32", always_2d=True), self.channels)
         except (sf.LibsndfileError, RuntimeError) as exc:
             raise InvalidAudio(f"audio file '{self.path}' failed while decoding: {exc}") from exc
-        out[: len(got)] = _map_channels(got, self.channels)
         return out
 
     def close(self) -> None:

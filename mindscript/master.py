@@ -217,9 +217,11 @@ class Mixer:
 
     def block(self, start: int, n: int) -> np.ndarray:
         p = self.plan
-        mix = np.zeros((n, 2), dtype=np.float32)
+        mix = np.empty((n, 2), dtype=np.float32)  # set whole by the first layer
         if p.voice is not None:
-            mix += self._voice_block(start, n) * np.float32(self._voice_gain)
+            np.multiply(self._voice_block(start, n), np.float32(self._voice_gain), out=mix)  # mono into L and R
+        else:
+            mix.fill(0.0)
         if p.bed is not None:
             bed = self._bed_block(start, n)
             gain = envelopes.fade_gain(start, n, p.total_frames, p.bed_fade_in_frames, p.fade_out_frames)
@@ -231,7 +233,8 @@ class Mixer:
                 first = max(0, min(start // hop, len(self.duck_curve) - 1))
                 part = self.duck_curve[first:(start + n) // hop + 2]
                 gain *= ducking.duck_gain_block(part, hop, start - first * hop, n)
-            mix += bed * gain[:, None]
+            bed *= gain[:, None]  # a fresh block (FrameReader.read / the loop), scaled in place
+            mix += bed
         if p.tones:
             tone_sum = tones.tone_block(p.tones[0].params, p.sample_rate, start, n)
             for tone in p.tones[1:]:
@@ -246,6 +249,8 @@ class Mixer:
         v = self.plan.voice
         assert v is not None
         offset = start - self.plan.voice_start_frame
+        if offset >= 0:
+            return self._voice.read(offset, n)  # type: ignore[union-attr]  # zero past the stem's end
         out = np.zeros((n, 1), dtype=np.float32)
         lo = max(0, -offset)
         hi = min(n, v.frames - offset)

@@ -8,6 +8,7 @@ of the per-hop curve at absolute frame indices, so blockwise rendering equals on
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,6 +140,14 @@ def duck_curve(activity: np.ndarray, params: DuckParams, hop_s: float) -> np.nda
     return np.clip(gain, db_to_gain(-depth), 1.0).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=8)
+def _ramp(hop_frames: int) -> np.ndarray:
+    """``i / hop_frames`` for ``i < hop_frames``, float32."""
+    ramp = (np.arange(hop_frames, dtype=np.float64) / hop_frames).astype(np.float32)
+    ramp.flags.writeable = False
+    return ramp
+
+
 def duck_gain_block(curve: np.ndarray, hop_frames: int, start_frame: int, n_frames: int) -> np.ndarray:
     """Per-frame gain (float32, ``(n_frames,)``) for frames ``start_frame ..`` from a per-hop ``curve``.
 
@@ -153,6 +162,15 @@ def duck_gain_block(curve: np.ndarray, hop_frames: int, start_frame: int, n_fram
     n_frames = check_frames(n_frames, "n_frames")
     if c.shape[0] == 0:
         return np.ones(n_frames, dtype=np.float32)
-    frames = np.arange(start_frame, start_frame + n_frames, dtype=np.float64)
-    hops = np.arange(c.shape[0], dtype=np.float64) * hop_frames
-    return np.interp(frames, hops, c.astype(np.float64)).astype(np.float32)
+    out = np.empty(n_frames, dtype=np.float32)
+    end = start_frame + n_frames
+    between = min(end, (c.shape[0] - 1) * hop_frames)  # frames before this lie between two curve values
+    if between > start_frame:
+        # hop by hop: value k plus a ramp to value k + 1 (what np.interp gives, without a search per frame)
+        k0, k1 = start_frame // hop_frames, -(-between // hop_frames)
+        values = c[k0 : k1 + 1].astype(np.float32)
+        hops = np.multiply(np.diff(values)[:, None], _ramp(hop_frames)[None, :])
+        hops += values[:-1, None]
+        out[: between - start_frame] = hops.ravel()[start_frame - k0 * hop_frames : between - k0 * hop_frames]
+    out[max(0, between - start_frame) :] = c[-1]
+    return out
