@@ -257,7 +257,8 @@ def _copy_with_soundfile(
             with sf.SoundFile(
                 str(part), "w", samplerate=sample_rate, channels=channels, subtype="FLOAT", format="WAV"
             ) as writer:
-                for block in reader.blocks(blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True):
+                buffer = np.empty((_BLOCK_FRAMES, reader.channels), dtype=np.float32)
+                while len(block := reader.read(_BLOCK_FRAMES, dtype="float32", always_2d=True, out=buffer)):
                     total += len(block)
                     # The header's frame count can lie (VBR MP3 without a Xing frame): count as we go.
                     if limit is not None and max_duration_s is not None and total > limit:
@@ -405,12 +406,17 @@ def iter_blocks(
         try:
             if start:
                 reader.seek(start)
-            yield from reader.blocks(
-                blocksize=blocksize,
-                frames=-1 if frames is None else frames,
-                dtype="float32",
-                always_2d=True,
-            )
+            left = -1 if frames is None else frames
+            while left:
+                # a fresh array per block, decoded straight into it (SoundFile.blocks decodes into one
+                # buffer and copies every block out of it)
+                block = reader.read(blocksize if left < 0 else min(blocksize, left), dtype="float32",
+                                    always_2d=True)
+                if not len(block):
+                    return
+                if left > 0:
+                    left -= len(block)
+                yield block
         except (sf.LibsndfileError, RuntimeError) as exc:
             raise InvalidAudio(f"audio file '{path}' failed while decoding: {exc}") from exc
 

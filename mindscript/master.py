@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mindscript import audio_io
+from mindscript import allocator, audio_io
 from mindscript import parts as mparts
 from mindscript.dsp import ducking, envelopes, limiter, loudness, tones
 from mindscript.dsp.gain import db_to_gain
@@ -411,6 +411,7 @@ def measure_file(path: Path, speech_blocks: np.ndarray | None = None, *, parts: 
 def master(plan: MasterPlan, out_path: Path, *, on_mix: Progress | None = None,
            on_verify: Progress | None = None) -> MasterOutcome:
     """Render, measure the delivered file, and re-render with the measured correction if needed."""
+    allocator.keep_block_buffers()
     mixer = Mixer(plan)
     try:
         return _master(plan, mixer, out_path, on_mix=on_mix, on_verify=on_verify)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mindscript import assets, audio_io, parts
+from mindscript import allocator, assets, audio_io, parts
 from mindscript.dsp import ducking, limiter, loudness
 from mindscript.errors import AssetNotFound, InvalidAudio, InvalidJob, RenderError, StorageError, StorageRejected
 from mindscript.job import RenderJob
@@ -567,6 +567,7 @@ def _measure_stem(
     target_lufs: float, peak_dbtp: float,
 ) -> VoiceStem:
     """Analyse the stem, level it (see :func:`level_stem`) and save what the master needs beside it."""
+    allocator.keep_block_buffers()
     analysis = level_stem(path, _analyse(path, sample_rate), sample_rate=sample_rate, target_lufs=target_lufs,
                           peak_dbtp=peak_dbtp)
     measured, activity, frames = analysis.lufs, analysis.activity, analysis.frames
