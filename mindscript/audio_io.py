@@ -16,9 +16,11 @@ import functools
 import io
 import math
 import os
+import queue
 import re
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -30,7 +32,7 @@ import numpy as np
 import soundfile as sf
 from numpy.typing import NDArray
 
-from mindscript import mp3frames
+from mindscript import lame, mp3frames
 from mindscript.errors import AssetNotFound, AssetTooLarge, EncoderFailed, InvalidAudio
 
 __all__ = [
@@ -637,6 +639,81 @@ class _Mp3Encoder(Encoder):
         self._stderr.close()
 
 
+class _LameEncoder(Encoder):
+    """LAME in this process (:mod:`mindscript.lame`) on a thread of its own, fed through a short queue.
+
+    ``write`` copies (and clips) the block and returns; the thread encodes while the caller produces the
+    next one, as the ffmpeg subprocess would, without the pipe. On close the stream is flushed and its
+    first frame replaced by LAME's Xing/LAME tag (frame count, encoder delay and padding for gapless
+    decoders). Same settings as the ffmpeg path: CBR at ``bitrate_kbps``, quality 3, joint stereo.
+    """
+
+    _QUEUE_BLOCKS = 4
+
+    def __init__(self, path: Path, *, sample_rate: int, channels: int, bitrate_kbps: int) -> None:
+        super().__init__(path, sample_rate=sample_rate, channels=channels)
+        if not 8 <= bitrate_kbps <= 320:
+            raise ValueError(f"bitrate_kbps must be within 8..320, got {bitrate_kbps!r}")
+        try:
+            self._stream = lame.LameStream(sample_rate=sample_rate, channels=channels, bitrate_kbps=bitrate_kbps)
+        except (RuntimeError, ValueError, MemoryError) as exc:
+            raise EncoderFailed(f"cannot start LAME to encode '{self.path}': {exc}") from exc
+        try:
+            self._file = open(self._part, "wb")  # noqa: SIM115 (closed by _finish / _kill)
+        except OSError as exc:
+            self._stream.close()
+            raise EncoderFailed(f"MP3 encoder for '{self.path}' cannot write its file: {exc.strerror}") from exc
+        self._queue: queue.Queue[FloatArray | None] = queue.Queue(maxsize=self._QUEUE_BLOCKS)
+        self._error: BaseException | None = None
+        self._abandon = False
+        self._thread = threading.Thread(target=self._run, name=f"lame-{self.path.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while (block := self._queue.get()) is not None:
+                if not self._abandon:
+                    self._file.write(self._stream.encode(block))
+            if not self._abandon:
+                self._file.write(self._stream.flush())
+                self._file.seek(0)
+                self._file.write(self._stream.lametag())  # over the placeholder frame LAME began with
+        except BaseException as exc:  # reported to the writer; keep taking blocks so it never blocks
+            self._error = exc
+            while self._queue.get() is not None:
+                pass
+
+    def _failure(self, what: str) -> EncoderFailed:
+        return EncoderFailed(f"MP3 encoder for '{self.path}' {what}: {self._error}")
+
+    def _write(self, block: FloatArray) -> None:
+        if self._error is not None:
+            raise self._failure("failed")
+        self._queue.put(np.clip(block, -1.0, 1.0))  # a copy the caller cannot change under the encoder
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._stream.close()
+        self._file.close()
+
+    def _finish(self) -> None:
+        self._stop()
+        if self._error is not None:
+            raise self._failure("failed")
+
+    def _kill(self) -> None:
+        self._abandon = True
+        self._stop()
+
+
+def _mp3_encoder(path: Path, *, sample_rate: int, channels: int, bitrate_kbps: int) -> Encoder:
+    """LAME in this process where the lameenc wheel provides it, else LAME through the bundled ffmpeg."""
+    kind = _LameEncoder if lame.available() else _Mp3Encoder
+    return kind(path, sample_rate=sample_rate, channels=channels, bitrate_kbps=bitrate_kbps)
+
+
 class _WavEncoder(Encoder):
     """16-bit PCM WAV with TPDF dither.
 
@@ -789,11 +866,12 @@ def plan_mp3_segments(total_frames: int, sample_rate: int, segments: int) -> tup
 
 
 class SegmentedMp3Encoder(_ClosesOnExit):
-    """Encode one program as parallel MP3 segments (one LAME process each), joined gaplessly on close.
+    """Encode one program as parallel MP3 segments (one LAME encoder each), joined gaplessly on close.
 
     Feed segment ``i`` the program's frames ``segments[i].start`` to ``segments[i].stop`` with
     ``write(i, block)``, in order within each segment and interleaved across segments as you like; each
-    segment's encoder runs in its own process, so they use every core while the caller produces audio.
+    segment's encoder runs on its own thread (or ffmpeg process), so they use every core while the caller
+    produces audio.
     ``close`` joins them at MP3 frame boundaries (see :mod:`mindscript.mp3frames`) into ``path`` with a
     correct Xing/LAME header; gapless decoders return exactly ``total_frames`` frames.
     """
@@ -809,8 +887,8 @@ class SegmentedMp3Encoder(_ClosesOnExit):
         self.joins: tuple[tuple[int, int], ...] = ()  # (program MP3 frame, reservoir bytes carried) per join
         try:
             for part in self._parts:
-                self._encoders.append(_Mp3Encoder(part, sample_rate=sample_rate, channels=channels,
-                                                  bitrate_kbps=bitrate_kbps))
+                self._encoders.append(_mp3_encoder(part, sample_rate=sample_rate, channels=channels,
+                                                   bitrate_kbps=bitrate_kbps))
         except BaseException:
             self.abort()
             raise
@@ -893,12 +971,13 @@ def open_encoder(
 ) -> Encoder:
     """Open a streaming encoder writing ``path``.
 
-    ``mp3``: CBR LAME at ``bitrate_kbps`` (quality 3) with a gapless Xing/LAME header, encoded by the
-    bundled ffmpeg in a subprocess that runs alongside the caller. ``wav``: 16-bit PCM with seeded TPDF
+    ``mp3``: CBR LAME at ``bitrate_kbps`` (quality 3) with a gapless Xing/LAME header, encoded alongside the
+    caller: on a thread of this process (the lameenc wheel's LAME), or by the bundled ffmpeg in a
+    subprocess where that is missing. ``wav``: 16-bit PCM with seeded TPDF
     dither (``dither_seed``). Use as a context manager; errors surface as ``EncoderFailed``.
     """
     if fmt == "mp3":
-        return _Mp3Encoder(path, sample_rate=sample_rate, channels=channels, bitrate_kbps=bitrate_kbps)
+        return _mp3_encoder(path, sample_rate=sample_rate, channels=channels, bitrate_kbps=bitrate_kbps)
     if fmt == "wav":
         return _WavEncoder(path, sample_rate=sample_rate, channels=channels, dither_seed=dither_seed)
     raise ValueError(f"fmt must be 'mp3' or 'wav', got {fmt!r}")
