@@ -19,7 +19,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PREFECT_WORKER_WEBSERVER_HOST=0.0.0.0 \
     PREFECT_WORKER_WEBSERVER_PORT=8080
 
-# libsndfile for soundfile; ffmpeg and espeak-ng come as Python wheels (imageio-ffmpeg, espeakng-loader)
+# libsndfile for soundfile; ffmpeg, LAME and espeak-ng come as Python wheels (imageio-ffmpeg, lameenc, espeakng-loader)
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libsndfile1 \
     && rm -rf /var/lib/apt/lists/*
