@@ -580,8 +580,6 @@ class _Mp3Encoder(Encoder):
 
     def __init__(self, path: Path, *, sample_rate: int, channels: int, bitrate_kbps: int) -> None:
         super().__init__(path, sample_rate=sample_rate, channels=channels)
-        if not 8 <= bitrate_kbps <= 320:
-            raise ValueError(f"bitrate_kbps must be within 8..320, got {bitrate_kbps!r}")
         cmd = [
             ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error",
             "-f", "f32le", "-ar", str(sample_rate), "-ac", str(channels), "-i", "pipe:0",
@@ -652,8 +650,6 @@ class _LameEncoder(Encoder):
 
     def __init__(self, path: Path, *, sample_rate: int, channels: int, bitrate_kbps: int) -> None:
         super().__init__(path, sample_rate=sample_rate, channels=channels)
-        if not 8 <= bitrate_kbps <= 320:
-            raise ValueError(f"bitrate_kbps must be within 8..320, got {bitrate_kbps!r}")
         try:
             self._stream = lame.LameStream(sample_rate=sample_rate, channels=channels, bitrate_kbps=bitrate_kbps)
         except (RuntimeError, ValueError, MemoryError) as exc:
@@ -683,12 +679,12 @@ class _LameEncoder(Encoder):
             while self._queue.get() is not None:
                 pass
 
-    def _failure(self, what: str) -> EncoderFailed:
-        return EncoderFailed(f"MP3 encoder for '{self.path}' {what}: {self._error}")
+    def _failure(self) -> EncoderFailed:
+        return EncoderFailed(f"MP3 encoder for '{self.path}' failed: {self._error}")
 
     def _write(self, block: FloatArray) -> None:
         if self._error is not None:
-            raise self._failure("failed")
+            raise self._failure()
         self._queue.put(np.clip(block, -1.0, 1.0))  # a copy the caller cannot change under the encoder
 
     def _stop(self) -> None:
@@ -701,7 +697,7 @@ class _LameEncoder(Encoder):
     def _finish(self) -> None:
         self._stop()
         if self._error is not None:
-            raise self._failure("failed")
+            raise self._failure()
 
     def _kill(self) -> None:
         self._abandon = True
@@ -710,6 +706,8 @@ class _LameEncoder(Encoder):
 
 def _mp3_encoder(path: Path, *, sample_rate: int, channels: int, bitrate_kbps: int) -> Encoder:
     """LAME in this process where the lameenc wheel provides it, else LAME through the bundled ffmpeg."""
+    if not 8 <= bitrate_kbps <= 320:
+        raise ValueError(f"bitrate_kbps must be within 8..320, got {bitrate_kbps!r}")
     kind = _LameEncoder if lame.available() else _Mp3Encoder
     return kind(path, sample_rate=sample_rate, channels=channels, bitrate_kbps=bitrate_kbps)
 
