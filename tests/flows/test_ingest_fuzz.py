@@ -9,6 +9,7 @@ create the good row's render run; the good job then renders from its row.
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,7 +114,15 @@ def _ingest_batch(queue: PostgresQueue, dsn: str, deployment: str, bad: list[str
 
 def _jsonb_text(doc: Any) -> str:
     payload = doc.get("payload", doc) if isinstance(doc, dict) else doc
-    return json.dumps(payload)
+    # tests/payloads.py nests values up to 3,000 levels deep and json.dumps recurses once per level: under
+    # the default limit (less the frames of pytest, Hypothesis and Prefect below) a deep draw failed here,
+    # before the row ever reached the queue
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 20_000))
+    try:
+        return json.dumps(payload)
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 # Prefect's background threads (log and event workers) use `random` while Hypothesis draws, which Hypothesis
