@@ -25,7 +25,7 @@ test: $(STAMP)
 worker: $(STAMP)
 	$(PY) deployments/serve.py
 
-# Render vs the ffmpeg and pydub peers (10 min, 5 interleaved runs), memory at 5/15/60 min, throughput for
+# Render vs the ffmpeg, pydub and one-core-floor peers (10 min, 5 interleaved runs), memory at 5/15/60 min, throughput for
 # MAX_JOBS 1-3, the served flow's overhead, the TTS stem; each appends a dated section to bench/RESULTS.md.
 bench: $(STAMP)
 	$(PY) bench/render_bench.py --record --repeats 5

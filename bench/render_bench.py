@@ -117,9 +117,11 @@ def _emit(text: str, record: bool) -> None:
 
 
 # --------------------------------------------------------------------------------------------- compare
-SYSTEMS = ("render", "ffmpeg", "pydub")
+SYSTEMS = ("render", "ffmpeg", "pydub", "floor")
 SYSTEM_NAMES = {"render": "this render (bench/render_bench.py)", "ffmpeg": "ffmpeg CLI (bench/peers.py ffmpeg)",
-                "pydub": "pydub (bench/peers.py pydub)"}
+                "pydub": "pydub (bench/peers.py pydub)", "floor": "one-core floor (bench/peers.py floor)"}
+# issue 6 on its machine: the one-core floor 6.2 s, the render's target 4.5 s
+FLOOR_TARGET = 4.5 / 6.2
 
 
 def compare(duration_s: float, repeats: int, systems: tuple[str, ...]) -> str:
@@ -158,6 +160,11 @@ def compare(duration_s: float, repeats: int, systems: tuple[str, ...]) -> str:
             "or imports); process: the whole child process; CPU and peak RSS: the child's process tree "
             "(wait4); LUFS and dBTP: ffmpeg's `ebur128=peak=true` on the delivered file (last run).", "",
             "Stage medians:", *notes]
+    if base and runs.get("floor"):
+        shares = [b / float(f.result["wall_s"]) for b, f in zip(base, runs["floor"], strict=True)]
+        body += ["", "This render's wall over the one-core floor's, per round: median "
+                 f"{statistics.median(shares):.3f}, max {max(shares):.3f} (issue 6's 4.5 s against its machine's "
+                 f"6.2 s floor is {FLOOR_TARGET:.3f})."]
     return _section(f"Render vs peer pipelines, {duration_s / 60:g} min", "python bench/render_bench.py --compare "
                     f"--duration {duration_s:g} --repeats {repeats}", body)
 
@@ -174,6 +181,9 @@ def _stage_note(system: str, runs: list[ChildRun]) -> str:
                 f"{med('pass2_s')} s; measured {runs[-1].result['measured_lufs']} LUFS, "
                 f"{runs[-1].result['measured_tp']} dBTP, LRA {runs[-1].result['measured_lra']}; loudnorm ran in "
                 f"{runs[-1].result['normalization_type']} mode")
+    if system == "floor":
+        return (f"decode {med('decode_s')} s, mix and tones {med('mix_s')} s, pyloudnorm + gain + 16-bit "
+                f"{med('loudness_s')} s, LAME {med('encode_s')} s")
     return (f"decode {med('decode_s')} s, Sine generators {med('tones_s')} s, overlay + fades + pyloudnorm + gain "
             f"{med('mix_s')} s, export {med('export_s')} s; measured {runs[-1].result['measured_lufs']} LUFS")
 
