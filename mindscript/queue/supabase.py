@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
+from dataclasses import fields
 from typing import Any
 
 from mindscript.errors import QueueError, QueueUnavailable
@@ -31,6 +32,12 @@ def wrap_exceptions(function: str) -> Iterator[None]:
         raise QueueError(text) from exc
     except httpx.HTTPError as exc:
         raise QueueUnavailable(f"queue rpc {function!r} failed: {type(exc).__name__}: {exc}") from exc
+
+
+# The row functions' columns, the payload as its jsonb text (PostgREST's ``select`` with a cast): the body is then
+# flat JSON whatever the app wrote, and the payload is decoded here, one row at a time, by ``loads_json`` (a
+# payload nested ~1000 deep would otherwise break postgrest-py's decoding of the whole claimed batch).
+ROW_COLUMNS = ",".join(f"{f.name}::text" if f.name == "payload" else f.name for f in fields(QueueJob))
 
 
 def _s(value: uuid.UUID | None) -> str | None:
@@ -55,20 +62,26 @@ class SupabaseQueue:
     def __repr__(self) -> str:
         return f"SupabaseQueue({self._url!r}, <service key hidden>)"
 
-    def _rpc(self, function: str, **params: Any) -> Any:
+    def _rpc(self, function: str, *, select: str | None = None, **params: Any) -> Any:
         with wrap_exceptions(function):
+            call = self._client.rpc(function, params)
             try:
-                return self._client.rpc(function, params).execute().data
-            except RecursionError as exc:  # postgrest-py's json.loads on a payload nested ~1000 deep
+                return (call.select(select) if select else call).execute().data
+            except RecursionError as exc:  # a body nested ~1000 deep (never a row read: its payload is text)
                 raise QueueError(f"queue rpc {function!r} returned JSON nested too deeply to decode") from exc
 
     def _rows(self, function: str, **params: Any) -> list[QueueJob]:
-        data = self._rpc(function, **params) or []
+        data = self._rpc(function, select=ROW_COLUMNS, **params) or []
         if isinstance(data, str):  # postgrest-py hands back the text when json.loads raised ValueError
             data = loads_json(data)
         if isinstance(data, dict):
             data = [data]
-        return [QueueJob.from_row(r) for r in data]
+        rows = []
+        for row in data:
+            if isinstance(row.get("payload"), str):
+                row = {**row, "payload": loads_json(row["payload"])}
+            rows.append(QueueJob.from_row(row))
+        return rows
 
     def enqueue(self, payload: Any, *, priority: int = 0, user_id: uuid.UUID | None = None,
                 max_attempts: int = 3, delay_s: float = 0.0) -> QueueJob:

@@ -1,4 +1,5 @@
-"""Rows whose payload Python's JSON decoder refuses must not break a claim (real Postgres, and the REST shape).
+"""Rows whose payload Python's JSON decoder refuses must not break a claim (real Postgres, directly and through
+the REST transport).
 
 jsonb stores integers of any length and arrays nested thousands deep; ``json.loads`` raises ValueError past
 4300 digits and RecursionError past ~1000 levels. Before the fix one such row made ``claim()`` raise after
@@ -23,6 +24,7 @@ from mindscript.queue.base import QueueJob, Undecodable, loads_json
 from mindscript.queue.postgres import PostgresQueue
 from mindscript.queue.supabase import SupabaseQueue
 from tests.servers._http import LoopbackServer
+from tests.servers.postgrest import SERVICE_KEY, PostgrestRpcServer
 
 GOOD = '{"type": "render", "projectData": {"scriptText": "Rest.", "durationMin": 0.5}}'
 DEEP = "[" * 1500 + "]" * 1500
@@ -80,9 +82,31 @@ def test_a_claim_with_hostile_rows_returns_every_row_and_each_fails_validation_b
     assert pg_queue.stats()["failed"] == len(HOSTILE)
 
 
-# -- the REST transport: PostgREST sends the jsonb text, postgrest-py decodes it ------------------------------
+# -- the REST transport: rows are read with select=...,payload::text, so the payload arrives as a JSON string ----
+def test_rest_claim_with_hostile_rows_returns_every_row_and_each_fails_validation_by_name(
+        pg_dsn: str, pg_queue: PostgresQueue) -> None:
+    ids = _insert(pg_dsn, [*HOSTILE, GOOD])
+    with PostgrestRpcServer(pg_dsn) as server:
+        queue = SupabaseQueue(server.url, SERVICE_KEY)
+        claimed = queue.claim("rest-worker", 50, 60)
+        assert [row.id for row in claimed] == ids  # the whole batch, the 1500-deep payloads included
+        for row, (text, field) in zip(claimed[:-1], HOSTILE.items(), strict=True):
+            with pytest.raises(InvalidJob) as info:
+                parse_job(row.job_document(), max_duration_minutes=60)
+            assert info.value.message.startswith(f"{field}: "), (text[:60], info.value.message[:200])
+            assert queue.fail(row.id, row.attempts, info.value.message, permanent=True) == "failed"
+        assert parse_job(claimed[-1].job_document(), max_duration_minutes=60).project.duration_min == 0.5
+        assert {r.id for r in queue.active()} == {ids[-1]}
+        assert [r.payload for r in (queue.get(i) for i in ids[-3:]) if r is not None] == [
+            "not an object", None, json.loads(GOOD)]
+        queue.close()
+        claims = [args for fn, args, _ in server.calls if fn == "audio_job_claim"]
+        assert claims == [{"p_worker_id": "rest-worker", "p_limit": 50, "p_lease_seconds": 60}]
+    assert pg_queue.stats()["failed"] == len(HOSTILE)
+
+
 class CannedRpc(LoopbackServer):
-    """Answers every /rest/v1/rpc/<fn> call with a fixed JSON text (what PostgREST would send for those rows)."""
+    """Answers every /rest/v1/rpc/<fn> call with a fixed JSON text."""
 
     def __init__(self, body: str) -> None:
         self.body = body.encode()
@@ -97,21 +121,23 @@ class CannedRpc(LoopbackServer):
         h.wfile.write(self.body)
 
 
-def _row_text(payload: str) -> str:
-    row = {"id": str(uuid.uuid4()), "status": "processing", "attempts": 1, "priority": 0, "max_attempts": 3,
-           "payload": "@PAYLOAD@", "created_at": "2025-06-01T00:00:00+00:00"}
-    return json.dumps([row]).replace('"@PAYLOAD@"', payload)
-
-
 @pytest.fixture
 def rest_with(request: pytest.FixtureRequest) -> Iterator[SupabaseQueue]:
-    with CannedRpc(_row_text(request.param)) as server:
+    with CannedRpc(request.param) as server:
         queue = SupabaseQueue(server.origin, "service-key-for-tests")
         yield queue
         queue.close()
 
 
-@pytest.mark.parametrize("rest_with", ['{"projectData": {"durationMin": 1e5000}}'], indirect=True)
+def _rows_text(payload: str) -> str:
+    """What PostgREST sends for one claimed row whose jsonb payload is ``payload`` (cast to text)."""
+    row = {"id": str(uuid.uuid4()), "status": "processing", "attempts": 1, "priority": 0, "max_attempts": 3,
+           "payload": payload, "created_at": "2025-06-01T00:00:00+00:00"}
+    return json.dumps([row])
+
+
+@pytest.mark.parametrize("rest_with", [_rows_text('{"projectData": {"durationMin": 1' + "0" * 5000 + "}}")],
+                         indirect=True)
 def test_rest_claim_decodes_huge_numbers(rest_with: SupabaseQueue) -> None:
     [row] = rest_with.claim("w", 5, 60)
     assert isinstance(row, QueueJob) and row.payload == {"projectData": {"durationMin": float("inf")}}
@@ -119,9 +145,9 @@ def test_rest_claim_decodes_huge_numbers(rest_with: SupabaseQueue) -> None:
         parse_job(row.job_document(), max_duration_minutes=60)
 
 
-@pytest.mark.parametrize("rest_with", ['{"projectData": {"durationMin": ' + DEEP + "}}"], indirect=True)
-def test_rest_claim_of_a_too_deep_payload_is_a_queue_error_not_a_crash(rest_with: SupabaseQueue) -> None:
-    # postgrest-py decodes the body itself, so the row cannot be kept: the claim fails as a QueueError (the
-    # ingest run fails and the lease requeues the batch) instead of a RecursionError escaping the adapter.
+@pytest.mark.parametrize("rest_with", [DEEP], indirect=True)
+def test_rest_body_nested_too_deeply_is_a_queue_error_not_a_crash(rest_with: SupabaseQueue) -> None:
+    # a function answering with JSON nested past the decoder's limit (no row read can: their payloads are
+    # text) fails as a QueueError instead of a RecursionError escaping the adapter
     with pytest.raises(QueueError, match="nested too deeply"):
-        rest_with.claim("w", 5, 60)
+        rest_with.stats()

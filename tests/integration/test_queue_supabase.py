@@ -1,110 +1,25 @@
 """The Supabase REST transport: supabase-py ``rpc`` against a local server speaking PostgREST's RPC format.
 
-The server implements ``POST /rest/v1/rpc/<function>`` as PostgREST does: JSON object of named arguments in,
-a JSON array for set-returning functions (a scalar otherwise) out; the role comes from the API key (service
-key: service_role, anon key: anon) and the call runs under it in Postgres, so grants are really checked;
-errors are ``{"code", "message", "details", "hint"}`` with PostgREST's status codes. It forwards to the real
-SQL functions of the migrated test database.
+The server (tests/servers/postgrest.py) implements ``POST /rest/v1/rpc/<function>`` as PostgREST does and forwards
+to the real SQL functions of the migrated test database, under the role the API key names.
 """
 
 from __future__ import annotations
 
-import json
-import re
-import threading
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from mindscript.errors import QueueError, QueueUnavailable
 from mindscript.queue.supabase import SupabaseQueue
 from mindscript.services import build_queue
 from mindscript.settings import Settings
+from tests.servers.postgrest import ANON_KEY, SERVICE_KEY, PostgrestRpcServer
 
-SERVICE_KEY = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.c2VydmljZS1zaWduYXR1cmU"
-ANON_KEY = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.YW5vbi1zaWduYXR1cmU"
 PAYLOAD = {"type": "render", "projectData": {"scriptText": "Rest.", "durationMin": 0.5}}
-_FN = re.compile(r"^/rest/v1/rpc/(?P<fn>[a-z_][a-z0-9_]*)$")
-
-
-class PostgrestRpcServer:
-    """A loopback PostgREST stand-in for /rest/v1/rpc/*, backed by a real database."""
-
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self.calls: list[tuple[str, dict[str, Any], dict[str, str]]] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                return
-
-            def do_POST(self) -> None:
-                status, body = server.handle(self.path, dict(self.headers.items()),
-                                             self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> PostgrestRpcServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    @staticmethod
-    def _error(status: int, code: str, message: str, details: str | None = None) -> tuple[int, Any]:
-        return status, {"code": code, "message": message, "details": details, "hint": None}
-
-    def handle(self, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, Any]:
-        headers = {k.lower(): v for k, v in headers.items()}
-        match = _FN.match(path.split("?")[0])
-        if not match:
-            return self._error(404, "PGRST125", f"Invalid path specified in request URL: {path}")
-        key = headers.get("apikey", "")
-        bearer = headers.get("authorization", "").removeprefix("Bearer ")
-        if key not in (SERVICE_KEY, ANON_KEY) or bearer not in (SERVICE_KEY, ANON_KEY):
-            return self._error(401, "PGRST301", "JWSError JWSInvalidSignature")
-        role = "service_role" if bearer == SERVICE_KEY else "anon"
-        args = json.loads(raw or b"{}")
-        fn = match["fn"]
-        self.calls.append((fn, args, headers))
-        with psycopg.connect(self.dsn) as conn:
-            found = conn.execute("SELECT p.proretset FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-                                 "WHERE n.nspname = 'public' AND p.proname = %s", (fn,)).fetchone()
-            if found is None:
-                return self._error(404, "PGRST202", f"Could not find the function public.{fn} in the schema cache")
-            named = sql.SQL(", ").join(
-                sql.SQL("{} => {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in args)
-            call = sql.SQL("public.{}({})").format(sql.Identifier(fn), named)
-            query = (sql.SQL("SELECT coalesce(json_agg(t), '[]'::json) FROM {} t").format(call) if found[0]
-                     else sql.SQL("SELECT to_json({})").format(call))
-            params = {k: Jsonb(v) if isinstance(v, dict | list) else v for k, v in args.items()}
-            try:
-                with conn.transaction():
-                    conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
-                    conn.execute("SELECT set_config('request.jwt.claims', %s, true)", (json.dumps({"role": role}),))
-                    value = conn.execute(query, params).fetchone()[0]  # type: ignore[index]
-            except psycopg.errors.InsufficientPrivilege as exc:
-                return self._error(401 if role == "anon" else 403, "42501", str(exc).splitlines()[0])
-            except psycopg.Error as exc:
-                return self._error(400, exc.sqlstate or "XX000", str(exc).splitlines()[0])
-        return 200, value
 
 
 @pytest.fixture
