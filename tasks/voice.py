@@ -8,7 +8,9 @@
 * Two renders of one script at once: SERIALIZABLE isolation with a lock manager (file locks in the cache
   directory; Redis via prefect-redis when REDIS_URL is set, for workers on different hosts), so the second
   waits on the first's lock and then reads its record (or the shared store) instead of synthesizing again.
-  Both kinds of lock expire, so a worker killed while holding one cannot block that chunk for ever.
+  Both kinds of lock expire, so a worker killed while holding one cannot block that chunk for ever: a file lock
+  whose holder process on this host is gone is taken over at once, a Redis lock lapses within its renewed
+  lease (REDIS_LOCK_LEASE_S).
 * Concurrency: chunk tasks are submitted together; a provider request holds a slot of the Prefect global
   concurrency limit ``tts-<provider>`` (OpenAI, ElevenLabs), which this module creates or resizes to
   TTS_CONCURRENCY_<NAME> when a render starts, so the bound holds across every worker process on that
@@ -249,22 +251,99 @@ class _ExpiringFileLocks(FileSystemLockManager):
         return acquired
 
 
-def _expiring_redis_locks(connection_url: str, hold_timeout: float) -> Any:
+# A Redis chunk lock is taken for this long and renewed by its process while held: a holder that is killed
+# (SIGKILL, OOM, a lost host) gives the lock up within it, not after the whole hold timeout.
+REDIS_LOCK_LEASE_S = 15.0
+
+
+class _LeaseRenewer:
+    """One daemon thread per lock manager and process that renews the leases of the locks it holds.
+
+    Each lock is renewed every lease/3 (Redis PEXPIRE, only while the key still holds this holder's token)
+    until it is released or its hold deadline passes; after the deadline it lapses within one lease, so a holder
+    that hangs cannot keep a chunk for longer than the hold timeout either.
+    """
+
+    def __init__(self, client: Any, lease_s: float) -> None:
+        self._client, self._lease_s = client, lease_s
+        self._held: dict[str, tuple[str, float]] = {}  # lock name -> (token, monotonic deadline)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def add(self, name: str, token: str, hold_s: float) -> None:
+        with self._lock:
+            self._held[name] = (token, time.monotonic() + hold_s)
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()  # a forked child starts its own thread
+                self._thread = threading.Thread(target=self._run, name="tts-lock-leases", daemon=True)
+                self._thread.start()
+
+    def discard(self, name: str) -> None:
+        with self._lock:
+            self._held.pop(name, None)
+
+    def _run(self) -> None:
+        from redis.exceptions import LockError, RedisError
+        from redis.lock import Lock
+
+        while True:
+            self._wake.wait(self._lease_s / 3)
+            with self._lock:
+                held = list(self._held.items())
+            now = time.monotonic()
+            for name, (token, deadline) in held:
+                if now >= deadline:
+                    log.warning("TTS chunk lock %s: held past its hold timeout; no longer renewed", name)
+                    self.discard(name)
+                    continue
+                lock = Lock(self._client, name, timeout=self._lease_s, thread_local=False)
+                lock.local.token = token.encode()
+                try:
+                    lock.reacquire()
+                except LockError:  # lapsed (the process stalled past a lease) and maybe taken by another
+                    log.warning("TTS chunk lock %s: lost before it was released (lease lapsed)", name)
+                    self.discard(name)
+                except RedisError as exc:  # try again next round; the lease covers two more
+                    log.warning("TTS chunk lock %s: renewing failed (%s)", name, type(exc).__name__)
+
+
+def _expiring_redis_locks(connection_url: str, hold_timeout: float, lease_s: float = REDIS_LOCK_LEASE_S) -> Any:
     from prefect_redis import RedisLockManager
 
     class ExpiringRedisLocks(RedisLockManager):
-        """prefect-redis locks with a default hold timeout (Prefect passes none: a lock would never expire)."""
+        """prefect-redis locks that expire: taken for ``lease_s`` and renewed while held, for at most the hold
+        timeout (Prefect passes none: a plain lock would never expire, and one taken for the whole hold timeout
+        would outlive a killed holder by minutes)."""
+
+        _leases: _LeaseRenewer | None = None
+
+        def _renewer(self) -> _LeaseRenewer:
+            if self._leases is None:
+                self._leases = _LeaseRenewer(self.client, lease_s)
+            return self._leases
 
         def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
                          hold_timeout: float | None = None) -> bool:
-            return super().acquire_lock(key, holder, acquire_timeout, hold_timeout or hold_timeout_default)
+            acquired = super().acquire_lock(key, holder, acquire_timeout, lease_s)
+            if acquired:
+                self._renewer().add(self._lock_name_for_key(key), holder, hold_timeout or hold_timeout_default)
+            return acquired
 
         async def aacquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
                                 hold_timeout: float | None = None) -> bool:
-            return await super().aacquire_lock(key, holder, acquire_timeout, hold_timeout or hold_timeout_default)
+            acquired = await super().aacquire_lock(key, holder, acquire_timeout, lease_s)
+            if acquired:
+                self._renewer().add(self._lock_name_for_key(key), holder, hold_timeout or hold_timeout_default)
+            return acquired
+
+        def release_lock(self, key: str, holder: str) -> None:
+            self._renewer().discard(self._lock_name_for_key(key))
+            super().release_lock(key, holder)
 
         def __reduce__(self) -> Any:  # a class made here: pickle it by how it is made
-            return _expiring_redis_locks, (connection_url, hold_timeout)
+            return _expiring_redis_locks, (connection_url, hold_timeout, lease_s)
 
     hold_timeout_default = hold_timeout
     return ExpiringRedisLocks(connection_url=connection_url)
