@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -85,7 +86,7 @@ def render_once(duration_s: float, fmt: str, output: Path | None = None) -> dict
         outcome = master.master(plan, out)
         t2 = time.perf_counter()
         delivered = output or CACHE / f"bench-{int(duration_s)}s.{fmt}"
-        os.replace(out, delivered)
+        shutil.move(out, delivered)  # the workspace (TMPDIR) may be another file system
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "duration_s": duration_s, "format": fmt, "wall_s": round(t2 - t0, 3), "layers_s": round(t1 - t0, 3),

@@ -361,6 +361,23 @@ def decode_bytes(
     return np.ascontiguousarray(samples, dtype=np.float32)
 
 
+# Containers of uncompressed or losslessly compressed PCM: exact frame counts and sample-exact seeking.
+_LOSSLESS_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "AIFF", "FLAC", "CAF"})
+
+
+def reads_as_stem(path: Path, *, sample_rate: int, max_duration_s: float | None = None) -> bool:
+    """Whether ``path`` can be read in place as a mono stem: a lossless container libsndfile reads, one channel
+    at ``sample_rate``, holding audio and no longer than ``max_duration_s``. Reading it as float32 gives the
+    same samples as :func:`decode_to_wav` would write, so it can stand in for that copy."""
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return False
+    limit = _limit_frames(max_duration_s, sample_rate)
+    return (info.format in _LOSSLESS_FORMATS and info.channels == 1 and info.samplerate == sample_rate
+            and 0 < info.frames and (limit is None or info.frames <= limit))
+
+
 def read_info(path: Path) -> AudioInfo:
     """Frames, rate and channels of a file libsndfile can read (WAV, FLAC, OGG, MP3).
 

@@ -254,12 +254,20 @@ def prepare_recording(
     source: Path, workspace: Path, *, sample_rate: int, max_duration_s: float, target_lufs: float,
     peak_dbtp: float, label: str = "upload",
 ) -> VoiceStem:
-    """An uploaded recording as the voice stem: decoded (any codec) to mono at the render rate, levelled."""
+    """An uploaded recording as the voice stem: decoded (any codec) to mono at the render rate, levelled.
+
+    A mono lossless file already at the render rate (WAV, FLAC, AIFF...) is analysed and levelled where it
+    is: the stem is written once, by the levelling (or copied when it needs none), instead of being copied
+    first and rewritten after. The samples read are the same float32 values either way.
+    """
     stem_path = workspace / "voice.wav"
-    audio_io.decode_to_wav(source, stem_path, sample_rate=sample_rate, channels=1, max_duration_s=max_duration_s)
     choice = VoiceChoice(provider="upload", voice=label, model=None)
-    return _measure_stem(stem_path, choice, sample_rate=sample_rate, characters=0, chunks=0, warnings=(),
-                         target_lufs=target_lufs, peak_dbtp=peak_dbtp)
+    fit = {"sample_rate": sample_rate, "characters": 0, "chunks": 0, "warnings": (), "target_lufs": target_lufs,
+           "peak_dbtp": peak_dbtp}
+    if audio_io.reads_as_stem(source, sample_rate=sample_rate, max_duration_s=max_duration_s):
+        return _measure_stem(stem_path, choice, source=source, max_duration_s=max_duration_s, **fit)
+    audio_io.decode_to_wav(source, stem_path, sample_rate=sample_rate, channels=1, max_duration_s=max_duration_s)
+    return _measure_stem(stem_path, choice, **fit)
 
 
 # ---- uploaded recordings ----
@@ -484,10 +492,11 @@ def _fit_gain(path: Path, frames: int, gain_db: float, *, sample_rate: int, targ
 
 
 def level_stem(path: Path, analysis: _StemAnalysis, *, sample_rate: int, target_lufs: float,
-               peak_dbtp: float) -> _StemAnalysis:
+               peak_dbtp: float, source: Path | None = None) -> _StemAnalysis:
     """Peak-limit a mono stem in place so that, normalized to ``target_lufs``, it peaks at ``peak_dbtp``.
 
-    Nothing is rewritten when the normalized stem already peaks below ``peak_dbtp``. The master applies
+    ``source`` (default ``path``) is read and the levelled stem written to ``path``. Nothing is written when
+    the normalized stem already peaks below ``peak_dbtp``. The master applies
     the small remaining gain (target - measured), which fits in the headroom left above ``peak_dbtp``.
     Returns the analysis of the stem as it now is (measured on the limited blocks as they are written;
     stems over 2 minutes as two stretches at once, the later one's limiter started LIMITER_PREROLL_S early).
@@ -497,15 +506,17 @@ def level_stem(path: Path, analysis: _StemAnalysis, *, sample_rate: int, target_
         raise ValueError("level_stem needs an analysis with the true peak measured")
     if not math.isfinite(analysis.lufs) or analysis.true_peak_db + gain_db <= peak_dbtp:
         return analysis
-    gain_db = _fit_gain(path, analysis.frames, gain_db, sample_rate=sample_rate, target_lufs=target_lufs,
+    source = path if source is None else source
+    gain_db = _fit_gain(source, analysis.frames, gain_db, sample_rate=sample_rate, target_lufs=target_lufs,
                         peak_dbtp=peak_dbtp)
-    info = audio_io.read_info(path)
+    info = audio_io.read_info(source)
     stretches = _stem_stretches(info)
     params = limiter.LimiterParams(sample_rate=sample_rate, ceiling_dbtp=peak_dbtp)
     gain = np.float32(10 ** (gain_db / 20))
     leveled = path.with_name(f"{path.stem}.leveled.wav")
     with audio_io.StemCanvas(leveled, frames=info.frames, sample_rate=sample_rate) as canvas:
-        measured = parts.run(lambda s: _level_stretch(path, info, s, canvas, params, gain), stretches, name="level")
+        measured = parts.run(lambda s: _level_stretch(source, info, s, canvas, params, gain), stretches,
+                             name="level")
     leveled.replace(path)
     return _joined(stretches, measured, sample_rate, true_peak=False)
 
@@ -564,12 +575,19 @@ def _trim_and_fade(samples: np.ndarray, sample_rate: int) -> np.ndarray:
 
 def _measure_stem(
     path: Path, choice: VoiceChoice, *, sample_rate: int, characters: int, chunks: int, warnings: tuple[str, ...],
-    target_lufs: float, peak_dbtp: float,
+    target_lufs: float, peak_dbtp: float, source: Path | None = None, max_duration_s: float | None = None,
 ) -> VoiceStem:
-    """Analyse the stem, level it (see :func:`level_stem`) and save what the master needs beside it."""
+    """Analyse the stem, level it (see :func:`level_stem`) and save what the master needs beside it.
+
+    With ``source`` (a file that reads as the stem, see ``audio_io.reads_as_stem``) the stem at ``path`` is
+    made from it: levelled, or copied when it needs no levelling.
+    """
     allocator.keep_block_buffers()
-    analysis = level_stem(path, _analyse(path, sample_rate), sample_rate=sample_rate, target_lufs=target_lufs,
-                          peak_dbtp=peak_dbtp)
+    read = path if source is None else source
+    analysis = level_stem(path, _analyse(read, sample_rate), sample_rate=sample_rate, target_lufs=target_lufs,
+                          peak_dbtp=peak_dbtp, source=read)
+    if not path.exists():  # ``source`` needed no levelling: the stem is a copy of it
+        audio_io.decode_to_wav(read, path, sample_rate=sample_rate, channels=1, max_duration_s=max_duration_s)
     measured, activity, frames = analysis.lufs, analysis.activity, analysis.frames
     hop = int(round(HOP_S * sample_rate))
     if not math.isfinite(measured):

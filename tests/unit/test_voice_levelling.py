@@ -144,3 +144,52 @@ def test_long_stem_levelled_in_two_stretches_matches_one_pass(tmp_path: Path,
     # what the level pass measured is what it wrote
     assert abs(reread.lufs - split.lufs) < 1e-6 and np.array_equal(reread.activity, split.activity)
     assert reread.true_peak_db <= PEAK + 0.01
+
+
+@pytest.mark.parametrize(("subtype", "take"), [("FLOAT", "speech"), ("PCM_16", "speech"), ("PCM_24", "hum")])
+def test_a_plain_mono_recording_is_read_in_place_with_the_same_stem_as_its_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, subtype: str, take: str) -> None:
+    import soundfile as sf
+
+    # 16- and 24-bit PCM read as float32 exactly. Speech needs levelling; a steady hum (3 dB crest) peaks
+    # under the ceiling once normalized, so its stem is a plain copy.
+    src = tmp_path / "take.wav"
+    t = np.arange(int(150.0 * SR)) / SR
+    hum = (0.05 * np.sin(2 * np.pi * 220.0 * t))[:, None].astype(np.float32)
+    sf.write(src, speech_like(150.0, SR) if take == "speech" else hum, SR, subtype=subtype)
+    assert audio_io.reads_as_stem(src, sample_rate=SR, max_duration_s=600)
+    stems = {}
+    for way in ("in place", "copied"):
+        if way == "copied":
+            monkeypatch.setattr(audio_io, "reads_as_stem", lambda *a, **k: False)
+        ws = tmp_path / way.replace(" ", "-")
+        ws.mkdir()
+        stems[way] = voice.prepare_recording(src, ws, sample_rate=SR, max_duration_s=600, target_lufs=TARGET,
+                                             peak_dbtp=PEAK)
+    a, b = stems["in place"], stems["copied"]
+    assert Path(a.path).read_bytes() == Path(b.path).read_bytes()  # the stem, bit for bit
+    assert (a.measured_lufs, a.frames, a.speech_s) == (b.measured_lufs, b.frames, b.speech_s)
+    with np.load(a.analysis_path) as x, np.load(b.analysis_path) as y:
+        assert all(np.array_equal(x[k], y[k]) for k in ("activity", "speech_blocks"))
+    stem = np.concatenate(list(audio_io.iter_blocks(Path(a.path), 1 << 20)))
+    original = np.concatenate(list(audio_io.iter_blocks(src, 1 << 20)))
+    if take == "speech":  # levelled onto the target
+        assert abs(a.measured_lufs - TARGET) < voice.LEVEL_TOLERANCE_LU and not np.array_equal(stem, original)
+    else:  # left as it was: the master applies the gain
+        assert a.measured_lufs < TARGET - 10 and np.array_equal(stem, original)
+    assert src.exists()  # the upload itself is never rewritten
+
+
+def test_what_cannot_stand_in_for_the_stem_is_decoded_first(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    x = speech_like(5.0, SR)
+    cases = {"stereo.wav": (np.repeat(x, 2, axis=1), SR, "WAV"), "rate.wav": (x, 48000, "WAV"),
+             "lossy.mp3": (x, SR, "MP3"), "empty.wav": (x[:0], SR, "WAV")}
+    for name, (data, rate, fmt) in cases.items():
+        sf.write(tmp_path / name, data, rate, format=fmt)
+        assert not audio_io.reads_as_stem(tmp_path / name, sample_rate=SR, max_duration_s=600), name
+    sf.write(tmp_path / "long.wav", x, SR)
+    assert audio_io.reads_as_stem(tmp_path / "long.wav", sample_rate=SR, max_duration_s=5.0)
+    assert not audio_io.reads_as_stem(tmp_path / "long.wav", sample_rate=SR, max_duration_s=3.0)
+    assert not audio_io.reads_as_stem(tmp_path / "missing.wav", sample_rate=SR)
