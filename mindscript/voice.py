@@ -261,13 +261,14 @@ def prepare_recording(
     first and rewritten after. The samples read are the same float32 values either way.
     """
     stem_path = workspace / "voice.wav"
+    in_place = audio_io.reads_as_stem(source, sample_rate=sample_rate, max_duration_s=max_duration_s)
+    if not in_place:
+        audio_io.decode_to_wav(source, stem_path, sample_rate=sample_rate, channels=1,
+                               max_duration_s=max_duration_s)
     choice = VoiceChoice(provider="upload", voice=label, model=None)
-    fit = {"sample_rate": sample_rate, "characters": 0, "chunks": 0, "warnings": (), "target_lufs": target_lufs,
-           "peak_dbtp": peak_dbtp}
-    if audio_io.reads_as_stem(source, sample_rate=sample_rate, max_duration_s=max_duration_s):
-        return _measure_stem(stem_path, choice, source=source, max_duration_s=max_duration_s, **fit)
-    audio_io.decode_to_wav(source, stem_path, sample_rate=sample_rate, channels=1, max_duration_s=max_duration_s)
-    return _measure_stem(stem_path, choice, **fit)
+    return _measure_stem(stem_path, choice, sample_rate=sample_rate, characters=0, chunks=0, warnings=(),
+                         target_lufs=target_lufs, peak_dbtp=peak_dbtp, source=source if in_place else None,
+                         max_duration_s=max_duration_s)
 
 
 # ---- uploaded recordings ----

@@ -268,15 +268,13 @@ class _LeaseRenewer:
         self._client, self._lease_s = client, lease_s
         self._held: dict[str, tuple[str, float]] = {}  # lock name -> (token, monotonic deadline)
         self._lock = threading.Lock()
-        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pid = 0
 
     def add(self, name: str, token: str, hold_s: float) -> None:
         with self._lock:
             self._held[name] = (token, time.monotonic() + hold_s)
-            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-                self._pid = os.getpid()  # a forked child starts its own thread
+            # the thread never ends, except in a forked child, where the parent's is not alive
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="tts-lock-leases", daemon=True)
                 self._thread.start()
 
@@ -289,7 +287,7 @@ class _LeaseRenewer:
         from redis.lock import Lock
 
         while True:
-            self._wake.wait(self._lease_s / 3)
+            time.sleep(self._lease_s / 3)
             with self._lock:
                 held = list(self._held.items())
             now = time.monotonic()

@@ -83,8 +83,8 @@ class PostgrestRpcServer:
 
     def handle(self, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, Any]:
         headers = {k.lower(): v for k, v in headers.items()}
-        match = _FN.match(path.split("?")[0])
-        query_args = parse_qs(urlsplit(path).query)
+        url = urlsplit(path)
+        match = _FN.match(url.path)
         if not match:
             return self._error(404, "PGRST125", f"Invalid path specified in request URL: {path}")
         key = headers.get("apikey", "")
@@ -104,7 +104,7 @@ class PostgrestRpcServer:
                 sql.SQL("{} => {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in args)
             call = sql.SQL("public.{}({})").format(sql.Identifier(fn), named)
             try:
-                columns = _select_list(query_args.get("select", [None])[-1])
+                columns = _select_list(parse_qs(url.query).get("select", [None])[-1])
             except ValueError as exc:
                 return self._error(400, "PGRST100", f"failed to parse select parameter: {exc}")
             source = call if columns is None else sql.SQL("(SELECT {} FROM {} r)").format(columns, call)
