@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+# LAME built for this CPU (tools/build_lame.py; skipped with a note where there is no C compiler)
+LAME_SO := mindscript/_native/libmp3lame.so
 
 .PHONY: setup demo test bench lint clean worker soak audit
 
@@ -13,21 +15,24 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-setup: $(STAMP)
+$(LAME_SO): $(STAMP) tools/build_lame.py $(wildcard native/lame/*.h native/lame/*/*.h native/lame/*/*.c native/lame/*/*/*)
+	$(PY) tools/build_lame.py
 
-demo: $(STAMP)
+setup: $(STAMP) $(LAME_SO)
+
+demo: setup
 	$(PY) examples/make_assets.py
 	$(PY) flows/render.py examples/jobs/sample.json
 
-test: $(STAMP)
+test: setup
 	$(PY) -m pytest -q
 
-worker: $(STAMP)
+worker: setup
 	$(PY) deployments/serve.py
 
 # Render vs the ffmpeg, pydub and one-core-floor peers (10 min, 5 interleaved runs), memory at 5/15/60 min, throughput for
 # MAX_JOBS 1-3, the served flow's overhead, the TTS stem; each appends a dated section to bench/RESULTS.md.
-bench: $(STAMP)
+bench: setup
 	$(PY) bench/render_bench.py --record --repeats 5
 	$(PY) bench/flow_overhead.py --runs 5 --record
 	$(PY) bench/tts_bench.py --seconds-per-char 0.004 --record
@@ -35,7 +40,7 @@ bench: $(STAMP)
 # Soak under faults (issue 7): two workers, SOAK_JOBS mixed jobs, faults injected; one summary line, exit 1 on a
 # failed check. SOAK_ARGS=--record appends the line to bench/RESULTS.md.
 SOAK_JOBS ?= 200
-soak: $(STAMP)
+soak: setup
 	$(PY) bench/soak.py --jobs $(SOAK_JOBS) $(SOAK_ARGS)
 
 lint: $(STAMP)
