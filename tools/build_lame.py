@@ -83,8 +83,12 @@ def build(out: Path, *, force: bool = False) -> tuple[bool, str]:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
         part = Path(tmp) / out.name
-        cmd = [*compiler, *cflags, *map(str, sources()), "-o", str(part), "-lm"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        # a compiler that does not take -march=<target> (some clang for arm64) builds for its default CPU
+        for attempt in ([march, ""] if march else [""]):
+            proc = subprocess.run([*compiler, *flags(attempt), *map(str, sources()), "-o", str(part), "-lm"],
+                                  capture_output=True, text=True)
+            if proc.returncode == 0:
+                break
         if proc.returncode != 0:
             tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
             return False, f"{compiler[0]} failed (exit {proc.returncode}): {tail}\nMP3 uses the lameenc wheel's LAME"
@@ -93,7 +97,7 @@ def build(out: Path, *, force: bool = False) -> tuple[bool, str]:
             return False, f"the built library is unusable ({problem}): MP3 uses the lameenc wheel's LAME"
         part.replace(out)
     stamp.write_text(want + "\n")
-    return True, f"built {out} ({cc}, -march={march or 'default'})"
+    return True, f"built {out} ({cc}, -march={attempt or 'default'})"
 
 
 def main(argv: list[str] | None = None) -> int:
