@@ -9,7 +9,7 @@ the same settings (CBR, quality 3, joint stereo). :func:`available` is False whe
 exports what is needed; callers then use ffmpeg.
 
 Which LAME: ``LAME_LIBRARY`` (a libmp3lame shared library's path) when set; else the one `make setup` builds
-from native/lame for this CPU (tools/build_lame.py: -O3, -march=native, LAME's SSE paths; ~22 % less CPU
+from native/lame for this CPU (tools/build_lame.py: -O3, -march=native, LAME's SSE paths; ~20 % less CPU
 than the wheel's here); else the wheel's. :func:`library` says which one runs.
 """
 

@@ -5,8 +5,8 @@
     LAME_MARCH=x86-64-v2 python tools/build_lame.py --out /opt/lame/libmp3lame.so   # for other machines
 
 The lameenc wheel's LAME is built for any x86-64 CPU without LAME's SSE code; the same sources built with
-``-O3 -ffast-math -march=native`` and LAME's SSE paths (init_xrpow, the FFT) encode the benchmark's 10 minutes
-in ~5.0 s of CPU instead of ~6.4 s here (bench/RESULTS.md), same settings, same bitrate. mindscript/lame.py
+``-O3``, -ffast-math's optimizations (not the flag: see flags()), ``-march=native`` and LAME's SSE paths (init_xrpow,
+the FFT) encode the benchmark's 10 minutes in ~5.0 s of CPU instead of ~6.4 s here (bench/RESULTS.md), same settings, same bitrate. mindscript/lame.py
 prefers this library and otherwise uses the wheel's, so a machine without a C compiler still renders: the
 build then says why it was skipped and exits 0 (``--strict``: exit 1).
 
@@ -41,7 +41,12 @@ def sources() -> list[Path]:
 
 def flags(march: str) -> list[str]:
     x86 = platform.machine().lower() in {"x86_64", "amd64", "i686", "i386"}
-    out = ["-shared", "-fPIC", "-O3", "-ffast-math", "-fomit-frame-pointer", "-w", "-DHAVE_CONFIG_H",
+    # -ffast-math's parts, not the flag: with -ffast-math (or -funsafe-math-optimizations) on its command line
+    # gcc links crtfastmath.o, which turns on flush-to-zero for the whole process that loads the library
+    # (numpy's subnormals become 0)
+    out = ["-shared", "-fPIC", "-O3", "-fno-math-errno", "-ffinite-math-only", "-fno-signed-zeros",
+           "-fno-trapping-math", "-fassociative-math", "-freciprocal-math", "-fomit-frame-pointer", "-w",
+           "-DHAVE_CONFIG_H",
            f"-I{SOURCE}", f"-I{SOURCE / 'include'}", f"-I{SOURCE / 'libmp3lame'}"]
     if march:
         out.append(f"-march={march}")

@@ -81,6 +81,9 @@ def test_setup_builds_the_library_and_it_is_the_one_that_runs(fresh_choice: pyte
     assert build_lame.check(path) is None
     fresh_choice.delenv("LAME_LIBRARY", raising=False)
     assert lame.library() == f"built for this machine: {path}"
+    # loading it leaves the process's floating point alone (no flush-to-zero from crtfastmath.o)
+    tiny = np.array([1e-310, 5e-324]) * np.float64(1.0)
+    assert np.all(tiny > 0) and np.float32(1e-40) * np.float32(1.0) > 0
 
 
 def test_built_lame_sounds_like_the_wheels(tmp_path: Path, fresh_choice: pytest.MonkeyPatch) -> None:
