@@ -5,6 +5,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 # LAME built for this CPU (tools/build_lame.py; skipped with a note where there is no C compiler)
 LAME_SO := mindscript/_native/libmp3lame.so
+# the DSP kernels (meter, true-peak interpolator, limiter release) built for this CPU (tools/build_dsp.py; numpy without)
+DSP_SO := mindscript/_native/libmsdsp.so
 
 .PHONY: setup demo test bench lint clean worker soak audit
 
@@ -18,7 +20,10 @@ $(STAMP): pyproject.toml
 $(LAME_SO): $(STAMP) tools/build_lame.py $(wildcard native/lame/*.h native/lame/*/*.h native/lame/*/*.c native/lame/*/*/*)
 	$(PY) tools/build_lame.py
 
-setup: $(STAMP) $(LAME_SO)
+$(DSP_SO): $(STAMP) tools/build_dsp.py tools/build_lame.py $(wildcard native/dsp/*.c native/dsp/*.h)
+	$(PY) tools/build_dsp.py
+
+setup: $(STAMP) $(LAME_SO) $(DSP_SO)
 
 demo: setup
 	$(PY) examples/make_assets.py

@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,65 +56,80 @@ def flags(march: str) -> list[str]:
     return out
 
 
-def fingerprint(cc: str, cflags: list[str]) -> str:
+def fingerprint(cc: str, cflags: list[str], files: list[Path] | None = None) -> str:
     h = hashlib.sha256(" ".join([cc, *cflags, platform.machine()]).encode())
-    for path in [*sources(), *sorted(SOURCE.rglob("*.h"))]:
+    for path in files if files is not None else [*sources(), *sorted(SOURCE.rglob("*.h"))]:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()
 
 
-def check(path: Path) -> str | None:
+def check(path: Path, required: tuple[str, ...] = REQUIRED) -> str | None:
     """Why the library at ``path`` cannot be used, or None."""
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as exc:
         return f"it does not load: {exc}"
-    missing = [name for name in REQUIRED if not hasattr(lib, name)]
+    missing = [name for name in required if not hasattr(lib, name)]
     return f"it does not export {', '.join(missing)}" if missing else None
 
 
 def build(out: Path, *, force: bool = False) -> tuple[bool, str]:
     """(built or up to date, what happened)."""
+    return build_library(out, files=sources(), headers=sorted(SOURCE.rglob("*.h")), flags=flags, required=REQUIRED,
+                         march=os.environ.get("LAME_MARCH", "native"), fallback="MP3 uses the lameenc wheel's LAME",
+                         force=force)
+
+
+def build_library(out: Path, *, files: list[Path], headers: list[Path], flags: Callable[[str], list[str]],
+                  required: tuple[str, ...], march: str, fallback: str, force: bool = False) -> tuple[bool, str]:
+    """Compile ``files`` into the shared library ``out`` in one compiler call, unless a stamp beside it says it
+    was built from the same sources with the same compiler and flags. ``fallback`` says what runs instead
+    when it cannot be built. (built or up to date, what happened)."""
     cc = os.environ.get("CC") or "cc"
-    march = os.environ.get("LAME_MARCH", "native")
     cflags = flags(march)
     stamp = out.with_name(out.name + ".build")
-    want = fingerprint(cc, cflags)
+    want = fingerprint(cc, cflags, [*files, *headers])
     if not force and out.exists() and stamp.exists() and stamp.read_text().strip() == want:
         return True, f"{out} is up to date"
     compiler = shlex.split(cc)
     if not compiler or shutil.which(compiler[0]) is None:
-        return False, f"no C compiler (CC={cc!r}): MP3 uses the lameenc wheel's LAME"
+        return False, f"no C compiler (CC={cc!r}): {fallback}"
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
         part = Path(tmp) / out.name
         # a compiler that does not take -march=<target> (some clang for arm64) builds for its default CPU
         for attempt in ([march, ""] if march else [""]):
-            proc = subprocess.run([*compiler, *flags(attempt), *map(str, sources()), "-o", str(part), "-lm"],
+            proc = subprocess.run([*compiler, *flags(attempt), *map(str, files), "-o", str(part), "-lm"],
                                   capture_output=True, text=True)
             if proc.returncode == 0:
                 break
         if proc.returncode != 0:
             tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
-            return False, f"{compiler[0]} failed (exit {proc.returncode}): {tail}\nMP3 uses the lameenc wheel's LAME"
-        problem = check(part)
+            return False, f"{compiler[0]} failed (exit {proc.returncode}): {tail}\n{fallback}"
+        problem = check(part, required)
         if problem:
-            return False, f"the built library is unusable ({problem}): MP3 uses the lameenc wheel's LAME"
+            return False, f"the built library is unusable ({problem}): {fallback}"
         part.replace(out)
     stamp.write_text(want + "\n")
     return True, f"built {out} ({cc}, -march={attempt or 'default'})"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the library")
+def command(argv: list[str] | None, *, doc: str, default_out: Path, name: str,
+            build_fn: Callable[..., tuple[bool, str]]) -> int:
+    """The command line of a library build: ``--out``, ``--force``, ``--strict``."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=default_out, help="where to write the library")
     ap.add_argument("--force", action="store_true", help="rebuild even when up to date")
     ap.add_argument("--strict", action="store_true", help="exit 1 when the library cannot be built")
     args = ap.parse_args(argv)
-    ok, message = build(args.out.resolve(), force=args.force)
-    print(f"build_lame: {message}", file=sys.stderr if not ok else sys.stdout)
+    ok, message = build_fn(args.out.resolve(), force=args.force)
+    print(f"{name}: {message}", file=sys.stderr if not ok else sys.stdout)
     return 1 if args.strict and not ok else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return command(argv, doc=__doc__ or "", default_out=DEFAULT_OUT, name="build_lame", build_fn=build)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _native
 from ._checks import as_frames, check_finite, check_frames, check_sample_rate
 from .truepeak import LATENCY_FRAMES as _TP_LATENCY
 from .truepeak import TruePeakState, oversampled_peaks, truepeak_flush, truepeak_init
@@ -267,21 +268,29 @@ def _advance(
         # Attack: triangular average of hold[i - L .. i] as two boxes of lengths b1 + b2 - 1 = L + 1.
         b1 = (lookahead + 2) // 2
         b2 = lookahead + 2 - b1
-        attack = _moving_average(_moving_average(history, b1), b2)
-        # Release: u[k] = max(attack[k], a u[k-1]) as a running max in the log domain, seeded with the
-        # freely released reduction at q0 - 1.
         g0 = 0 if _release_tail(state.log_reduction, log_a, q0) else q0
-        k_log_a = np.arange(attack.shape[0], dtype=np.float64) * log_a
-        trend = np.full(attack.shape[0] + 1, -np.inf)
-        trend[0] = state.log_reduction + (q0 + 1) * log_a
-        np.log(attack, out=trend[1:], where=attack > 0.0)  # ln 0 stays -inf (no reduction there)
-        trend[1:] -= k_log_a
-        np.maximum.accumulate(trend, out=trend)
-        log_end = float(trend[-1] + k_log_a[-1])
+        seed = state.log_reduction + (q0 + 1) * log_a  # the freely released reduction at q0
+        if _native.lib is not None:
+            # the same recursion in the linear domain, in C (the averages bit for bit numpy's below)
+            span = np.full(q1 + 1 - q0, -np.inf)
+            u = _native.release(history, b1, b2, math.exp(seed), math.exp(log_a))
+            np.log(u, out=span, where=u > 0.0)
+        else:
+            attack = _moving_average(_moving_average(history, b1), b2)
+            # Release: u[k] = max(attack[k], a u[k-1]) as a running max in the log domain, seeded with the
+            # freely released reduction at q0 - 1.
+            k_log_a = np.arange(attack.shape[0], dtype=np.float64) * log_a
+            trend = np.full(attack.shape[0] + 1, -np.inf)
+            trend[0] = seed
+            np.log(attack, out=trend[1:], where=attack > 0.0)  # ln 0 stays -inf (no reduction there)
+            trend[1:] -= k_log_a
+            np.maximum.accumulate(trend, out=trend)
+            span = trend[1:] + k_log_a
+        log_end = float(span[-1])
         g1 = q1 + 1 + _release_tail(log_end, log_a, n - 1 - q1)
         log_u = np.empty(g1 - g0, dtype=np.float64)
         log_u[: q0 - g0] = state.log_reduction + np.arange(g0 + 1, q0 + 1) * log_a
-        np.add(trend[1:], k_log_a, out=log_u[q0 - g0 : q1 + 1 - g0])
+        log_u[q0 - g0 : q1 + 1 - g0] = span
         log_u[q1 + 1 - g0 :] = log_end + np.arange(1, g1 - q1) * log_a
         log_reduction = log_end + (n - 1 - q1) * log_a
     else:

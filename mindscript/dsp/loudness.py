@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import scipy
 
+from . import _native
 from ._checks import as_frames, check_frames, check_sample_rate
 
 __all__ = [
@@ -271,14 +272,16 @@ def meter_update(state: MeterState, block: np.ndarray) -> MeterState:
     x = as_frames(block, "block", channels=state.channels)
     if x.shape[0] == 0:
         return state
-    # zi makes the filter continuous across blocks.
-    y, zf = _k_weighted_squares(state, x)
     held = state.pending.shape[1]
     sr = state.sample_rate
     origin = _step_start(state.steps_done, sr)  # first frame of the pending samples
-    available = origin + held + y.shape[1]
+    available = origin + held + x.shape[0]
     # Steps 0 .. K-1 are complete when step K starts at or before the end: floor(K * sr / 10) <= available.
     n_new = (10 * (available + 1) - 1) // sr - state.steps_done
+    if _native.lib is not None:
+        return _native_update(state, x, held, origin, n_new)
+    # zi makes the filter continuous across blocks.
+    y, zf = _k_weighted_squares(state, x)
     if n_new == 0:
         pending = np.concatenate([state.pending, y], axis=1) if held else y
         return dataclasses.replace(state, zi=_readonly(zf), pending=_readonly(pending))
@@ -298,6 +301,27 @@ def meter_update(state: MeterState, block: np.ndarray) -> MeterState:
         state,
         zi=_readonly(zf),
         pending=_readonly(np.ascontiguousarray(y[:, bounds[-1] :])),
+        steps_done=state.steps_done + n_new,
+        step_power=(*state.step_power, _readonly(np.ascontiguousarray(power))),
+    )
+
+
+def _native_update(state: MeterState, x: np.ndarray, held: int, origin: int, n_new: int) -> MeterState:
+    """:func:`meter_update` with the C kernel: filtered, squared and summed per step in one pass; only the
+    incomplete last step's squares are kept (as ``pending``, like the numpy path)."""
+    bounds = (state.steps_done + np.arange(n_new + 1, dtype=np.int64)) * state.sample_rate // 10 - origin - held
+    # a step that began in the pending samples goes on from their sum in frame order (cumsum is sequential),
+    # as one running sum over the step would: the sums do not depend on where blocks were cut
+    carry = np.cumsum(state.pending, axis=1)[:, -1] if held and n_new else np.zeros(state.channels)
+    sums, tail, zf = _native.kweight(x, state.sos, state.zi, np.maximum(bounds, 0), carry)
+    if n_new == 0:
+        pending = np.concatenate([state.pending, tail], axis=1) if held else tail
+        return dataclasses.replace(state, zi=_readonly(zf), pending=_readonly(pending))
+    power = (sums / np.diff(bounds)).T
+    return dataclasses.replace(
+        state,
+        zi=_readonly(zf),
+        pending=_readonly(tail),
         steps_done=state.steps_done + n_new,
         step_power=(*state.step_power, _readonly(np.ascontiguousarray(power))),
     )
@@ -326,10 +350,12 @@ def _window_power(steps: np.ndarray, lengths: np.ndarray, weights: np.ndarray, w
     """Channel-weighted mean square of every window of ``width`` consecutive steps (sum_i G_i z_ij)."""
     if steps.shape[0] < width:
         return np.zeros(0, dtype=np.float64)
-    energy = steps * lengths[:, None]
-    window_energy = np.lib.stride_tricks.sliding_window_view(energy, width, axis=0).sum(axis=-1)
+    # channels weighted first, then windows summed over one series: the same rounding for any channel layout
+    # (a mono stem of weight 2 reads exactly as the same signal in two channels)
+    energy = (steps * weights).sum(axis=1) * lengths
+    window_energy = np.lib.stride_tricks.sliding_window_view(energy, width).sum(axis=-1)
     window_frames = np.lib.stride_tricks.sliding_window_view(lengths, width).sum(axis=-1)
-    return (window_energy / window_frames[:, None]) @ weights
+    return window_energy / window_frames
 
 
 def _gated_mean(power: np.ndarray) -> float:

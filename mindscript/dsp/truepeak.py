@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from . import _native
 from ._checks import as_frames, check_finite, check_frames, check_sample_rate
 
 __all__ = [
@@ -81,6 +82,8 @@ def _phase_spectra() -> np.ndarray:
 
 
 _SPECTRA = _phase_spectra()
+_TAPS32 = np.ascontiguousarray(_phase_taps(), dtype=np.float32)  # the phases' taps, for the C kernel
+_TAPS32.flags.writeable = False
 #: Largest gain of the interpolator over the peak of its inputs: ``|y(i + p/4)| <= L1 * max |x[i-15..i+16]|``.
 _L1 = float(np.abs(_phase_taps()).sum(axis=1).max()) * _BOUND_MARGIN
 
@@ -195,6 +198,8 @@ def _interpolated(rows: np.ndarray, windows: np.ndarray) -> np.ndarray:
 
     ``rows`` is ``(channels, n)`` float32 padded with zeros so that every window has NFFT frames.
     """
+    if _native.lib is not None:  # the same values by direct convolution (float32, ~3e-7 relative)
+        return _native.interp_max(rows, windows, _STEP, _TAPS32)
     channels = rows.shape[0]
     frames = sliding_window_view(rows, _NFFT, axis=-1)
     out = np.empty((windows.shape[0], _STEP), dtype=np.float32)

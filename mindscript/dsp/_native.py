@@ -1,0 +1,123 @@
+"""The C kernels of mindscript.dsp (native/dsp/msdsp.c, built for this CPU by `make setup`), through ctypes.
+
+Three inner loops run there when the library is built: the loudness meter's K-weighting with its per-step
+sums of squares (:mod:`.loudness`), the true-peak interpolator's FIR (:mod:`.truepeak`) and the limiter's
+attack averages and release recursion (:mod:`.limiter`). Each module keeps its numpy code and runs it where
+the library is missing, did not build, or ``DSP_KERNELS=numpy``; both give the same figures (the tests hold
+them to each other). ctypes releases the GIL for each call, so the meter threads of :mod:`mindscript.parts`
+run their kernels on both cores. :func:`kernels` says which runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["LIBRARY", "interp_max", "kernels", "kweight", "lib", "release"]
+
+log = logging.getLogger(__name__)
+
+#: written by tools/build_dsp.py (make setup); absent where no C compiler was found
+LIBRARY = Path(__file__).resolve().parent.parent / "_native" / "libmsdsp.so"
+_ABI = 2
+_P, _I64, _INT, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
+_SIGNATURES: dict[str, tuple[object, list[object]]] = {
+    "ms_abi_version": (_INT, []),
+    "ms_kweight": (None, [_P, _I64, _INT, _P, _P, _P, _I64, _P, _P, _P]),
+    "ms_interp_max": (_INT, [_P, _I64, _INT, _P, _I64, _INT, _P, _P]),
+    "ms_release": (_I64, [_P, _I64, _INT, _INT, _D, _D, _P, _P]),
+}
+
+
+def _load() -> ctypes.CDLL | None:
+    choice = os.environ.get("DSP_KERNELS", "native").strip().lower() or "native"
+    if choice not in {"native", "numpy"}:
+        raise ValueError(f"DSP_KERNELS must be 'native' or 'numpy', got {choice!r}")
+    if choice == "numpy" or not LIBRARY.exists():
+        return None
+    try:
+        found = ctypes.CDLL(str(LIBRARY))
+        for name, (restype, argtypes) in _SIGNATURES.items():
+            fn = getattr(found, name)
+            fn.restype, fn.argtypes = restype, argtypes
+        if found.ms_abi_version() != _ABI:
+            raise OSError(f"ABI version {found.ms_abi_version()}, expected {_ABI}: rebuild with `make setup`")
+    except (OSError, AttributeError) as exc:
+        log.warning("DSP kernels in %s are not usable (%s); the numpy kernels run", LIBRARY, exc)
+        return None
+    return found
+
+
+lib: ctypes.CDLL | None  # loaded on first use (nothing reads the environment at import time)
+
+
+def __getattr__(name: str) -> object:
+    if name == "lib":
+        globals()["lib"] = found = _load()
+        return found
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def kernels() -> str:
+    """Which kernels run: ``native: <path>`` or ``numpy``."""
+    return f"native: {LIBRARY}" if _lib() is not None else "numpy"
+
+
+def _lib() -> ctypes.CDLL:
+    found = globals().get("lib") if "lib" in globals() else __getattr__("lib")
+    return found  # type: ignore[return-value]
+
+
+def _ptr(a: np.ndarray) -> int:
+    return a.ctypes.data
+
+
+def kweight(x: np.ndarray, sos: np.ndarray, zi: np.ndarray, bounds: np.ndarray,
+            carry: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """K-weight float32 frames ``x`` ``(n, channels)`` from state ``zi`` ``(2, channels, 2)``.
+
+    ``bounds`` (ascending, within ``0 .. n``) cut the squared output into steps; ``carry`` (one per channel)
+    starts the first step's sum. Returns the sums of squares per step ``(channels, len(bounds) - 1)``, the
+    squares after the last bound ``(channels, n - bounds[-1])`` and the next ``zi``.
+    """
+    lib = _lib()
+    assert lib is not None
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, channels = x.shape
+    state = np.ascontiguousarray(np.swapaxes(zi, 0, 1), dtype=np.float64)  # (channels, sections, 2)
+    b = np.ascontiguousarray(bounds, dtype=np.int64)
+    sums = np.empty((channels, len(b) - 1), dtype=np.float64)
+    tail = np.empty((channels, n - int(b[-1])), dtype=np.float64)
+    coeffs = np.ascontiguousarray(sos, dtype=np.float64)
+    start = np.ascontiguousarray(carry, dtype=np.float64)
+    lib.ms_kweight(_ptr(x), n, channels, _ptr(coeffs), _ptr(state), _ptr(b), len(b), _ptr(start), _ptr(sums),
+                   _ptr(tail))
+    return sums, tail, np.ascontiguousarray(np.swapaxes(state, 0, 1))
+
+
+def interp_max(rows: np.ndarray, windows: np.ndarray, step: int, taps: np.ndarray) -> np.ndarray:
+    """Max over channels and phases of ``|FIR|`` for ``step`` outputs per window (see msdsp.c)."""
+    lib = _lib()
+    assert lib is not None
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    w = np.ascontiguousarray(windows, dtype=np.int64)
+    out = np.empty((len(w), step), dtype=np.float32)
+    if lib.ms_interp_max(_ptr(rows), rows.shape[1], rows.shape[0], _ptr(w), len(w), step, _ptr(taps), _ptr(out)):
+        raise ValueError(f"step must be within 1..2048, got {step}")
+    return out
+
+
+def release(history: np.ndarray, b1: int, b2: int, released: float, a: float) -> np.ndarray:
+    """Attack (two moving averages) and release recursion over ``history`` (dB); see msdsp.c."""
+    lib = _lib()
+    assert lib is not None
+    h = np.ascontiguousarray(history, dtype=np.float64)
+    u = np.empty(max(0, len(h) - b1 - b2 + 2), dtype=np.float64)
+    scratch = np.empty(2 * (len(h) + 1), dtype=np.float64)
+    if lib.ms_release(_ptr(h), len(h), b1, b2, released, a, _ptr(u), _ptr(scratch)) != len(u):
+        raise ValueError(f"a span of {len(h)} holds is shorter than averages of {b1} and {b2}")
+    return u
