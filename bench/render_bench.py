@@ -60,6 +60,7 @@ def inputs(duration_s: float | None = None) -> tuple[Path, Path]:
 def render_once(duration_s: float, fmt: str, output: Path | None = None) -> dict[str, object]:
     """One render in this process (call in a fresh process for a clean RSS figure)."""
     from mindscript import lame, layers, master, voice
+    from mindscript.dsp import _native
     from mindscript.job import parse_job
     from mindscript.settings import Settings
 
@@ -93,6 +94,7 @@ def render_once(duration_s: float, fmt: str, output: Path | None = None) -> dict
         "master_s": round(t2 - t1, 3), "mix_encode_s": outcome.render_s, "verify_s": outcome.verify_s,
         "attempts": outcome.attempts, "peak_rss_mb": round(rss, 1),
         "lame": lame.library().split(":")[0] if fmt == "mp3" else None,  # which LAME encoded (mindscript.lame)
+        "dsp": _native.kernels().split(":")[0],  # which DSP kernels ran (mindscript.dsp._native)
         "output": str(delivered),
         "lufs": outcome.quality.integrated_lufs, "true_peak_dbtp": outcome.quality.true_peak_dbtp,
     }
@@ -178,7 +180,7 @@ def _stage_note(system: str, runs: list[ChildRun]) -> str:
     if system == "render":
         return (f"layers {med('layers_s')} s, master {med('master_s')} s (mix+limit+encode {med('mix_encode_s')} s, "
                 f"verify {med('verify_s')} s), master attempts {runs[-1].result['attempts']}, "
-                f"LAME: {runs[-1].result.get('lame', '?')}")
+                f"LAME: {runs[-1].result.get('lame', '?')}, DSP kernels: {runs[-1].result.get('dsp', '?')}")
     if system == "ffmpeg":
         return (f"pass 1 (mix + loudnorm measure) {med('pass1_s')} s, pass 2 (mix + loudnorm + encode) "
                 f"{med('pass2_s')} s; measured {runs[-1].result['measured_lufs']} LUFS, "

@@ -25,7 +25,7 @@ import numpy as np
 
 from mindscript import allocator, audio_io
 from mindscript import parts as mparts
-from mindscript.dsp import ducking, envelopes, limiter, loudness, tones
+from mindscript.dsp import _native, ducking, envelopes, limiter, loudness, tones
 from mindscript.dsp.gain import db_to_gain
 from mindscript.errors import DurationTooLong, QualityCheckFailed
 from mindscript.job import RenderJob
@@ -217,33 +217,47 @@ class Mixer:
 
     def block(self, start: int, n: int) -> np.ndarray:
         p = self.plan
+        voice = self._voice_block(start, n) if p.voice is not None else None
+        bed = self._bed_block(start, n) if p.bed is not None else None
+        bed_gain = self._bed_gain_block(start, n) if p.bed is not None else None
+        fade_in, fade_out = p.tone_fade_frames, max(p.tone_fade_frames, p.fade_out_frames)
+        tone_gain = None
+        if p.tones and (start < fade_in or start + n > p.total_frames - fade_out):  # one fade for every tone
+            tone_gain = envelopes.fade_gain(start, n, p.total_frames, fade_in, fade_out)
+        if _native.lib is not None and n <= tones.CHUNK_FRAMES:  # the same sums in one pass, in C
+            pairs = [tones.tone_channels(t.params, p.sample_rate, start, n) for t in p.tones]
+            return _native.mix(n, voice=voice, voice_gain=np.float32(self._voice_gain), bed=bed, bed_gain=bed_gain,
+                               tones=pairs, tone_gain=tone_gain)
         mix = np.empty((n, 2), dtype=np.float32)  # set whole by the first layer
-        if p.voice is not None:
-            np.multiply(self._voice_block(start, n), np.float32(self._voice_gain), out=mix)  # mono into L and R
+        if voice is not None:
+            np.multiply(voice, np.float32(self._voice_gain), out=mix)  # mono into L and R
         else:
             mix.fill(0.0)
-        if p.bed is not None:
-            bed = self._bed_block(start, n)
-            gain = envelopes.fade_gain(start, n, p.total_frames, p.bed_fade_in_frames, p.fade_out_frames)
-            gain *= np.float32(self._bed_gain)
-            if self.duck_curve is not None:
-                hop = p.voice.hop_frames  # type: ignore[union-attr]
-                # only the stretch of the curve this block spans (interpolating the whole curve per block
-                # cost more than the mix itself on long programs)
-                first = max(0, min(start // hop, len(self.duck_curve) - 1))
-                part = self.duck_curve[first:(start + n) // hop + 2]
-                gain *= ducking.duck_gain_block(part, hop, start - first * hop, n)
-            bed *= gain[:, None]  # a fresh block (FrameReader.read / the loop), scaled in place
+        if bed is not None:
+            bed *= bed_gain[:, None]  # a fresh block (FrameReader.read / the loop), scaled in place
             mix += bed
         if p.tones:
             tone_sum = tones.tone_block(p.tones[0].params, p.sample_rate, start, n)
             for tone in p.tones[1:]:
                 tone_sum += tones.tone_block(tone.params, p.sample_rate, start, n)
-            fade_in, fade_out = p.tone_fade_frames, max(p.tone_fade_frames, p.fade_out_frames)
-            if start < fade_in or start + n > p.total_frames - fade_out:  # one fade shared by every tone
-                tone_sum *= envelopes.fade_gain(start, n, p.total_frames, fade_in, fade_out)[:, None]
+            if tone_gain is not None:
+                tone_sum *= tone_gain[:, None]
             mix += tone_sum
         return mix
+
+    def _bed_gain_block(self, start: int, n: int) -> np.ndarray:
+        """The bed's gain per frame: its level, fades and ducking under the voice."""
+        p = self.plan
+        gain = envelopes.fade_gain(start, n, p.total_frames, p.bed_fade_in_frames, p.fade_out_frames)
+        gain *= np.float32(self._bed_gain)
+        if self.duck_curve is not None:
+            hop = p.voice.hop_frames  # type: ignore[union-attr]
+            # only the stretch of the curve this block spans (interpolating the whole curve per block
+            # cost more than the mix itself on long programs)
+            first = max(0, min(start // hop, len(self.duck_curve) - 1))
+            part = self.duck_curve[first:(start + n) // hop + 2]
+            gain *= ducking.duck_gain_block(part, hop, start - first * hop, n)
+        return gain
 
     def _voice_block(self, start: int, n: int) -> np.ndarray:
         v = self.plan.voice

@@ -1,8 +1,9 @@
 """The C kernels of mindscript.dsp (native/dsp/msdsp.c, built for this CPU by `make setup`), through ctypes.
 
-Three inner loops run there when the library is built: the loudness meter's K-weighting with its per-step
-sums of squares (:mod:`.loudness`), the true-peak interpolator's FIR (:mod:`.truepeak`) and the limiter's
-attack averages and release recursion (:mod:`.limiter`). Each module keeps its numpy code and runs it where
+Four inner loops run there when the library is built: the loudness meter's K-weighting with its per-step
+sums of squares (:mod:`.loudness`), the true-peak interpolator's FIR (:mod:`.truepeak`), the limiter's
+attack averages and release recursion (:mod:`.limiter`) and the master's mix of one block (voice, bed and
+tones in one pass, :class:`mindscript.master.Mixer`). Each module keeps its numpy code and runs it where
 the library is missing, did not build, or ``DSP_KERNELS=numpy``; both give the same figures (the tests hold
 them to each other). ctypes releases the GIL for each call, so the meter threads of :mod:`mindscript.parts`
 run their kernels on both cores. :func:`kernels` says which runs.
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LIBRARY", "interp_max", "kernels", "kweight", "lib", "release"]
+__all__ = ["LIBRARY", "interp_max", "kernels", "kweight", "lib", "mix", "release"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ms_kweight": (None, [_P, _I64, _INT, _P, _P, _P, _I64, _P, _P, _P]),
     "ms_interp_max": (_INT, [_P, _I64, _INT, _P, _I64, _INT, _P, _P]),
     "ms_release": (_I64, [_P, _I64, _INT, _INT, _D, _D, _P, _P]),
+    "ms_mix": (None, [_P, _I64, _P, ctypes.c_float, _P, _P, _INT, _P, _P]),
 }
 
 
@@ -121,3 +123,34 @@ def release(history: np.ndarray, b1: int, b2: int, released: float, a: float) ->
     if lib.ms_release(_ptr(h), len(h), b1, b2, released, a, _ptr(u), _ptr(scratch)) != len(u):
         raise ValueError(f"a span of {len(h)} holds is shorter than averages of {b1} and {b2}")
     return u
+
+
+def _f32(a: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    if a is None:
+        return None
+    out = np.ascontiguousarray(a, dtype=np.float32)
+    if out.shape != shape:
+        raise ValueError(f"expected shape {shape}, got {out.shape}")
+    return out
+
+
+def mix(n: int, *, voice: np.ndarray | None, voice_gain: float, bed: np.ndarray | None, bed_gain: np.ndarray | None,
+        tones: list[tuple[np.ndarray, np.ndarray]], tone_gain: np.ndarray | None) -> np.ndarray:
+    """``voice * voice_gain + bed * bed_gain + tone_gain * sum(tones)`` as float32 ``(n, 2)`` (see msdsp.c).
+
+    ``voice`` is ``(n,)`` or ``(n, 1)``, ``bed`` ``(n, 2)`` with ``bed_gain`` ``(n,)``, each tone a (left, right)
+    pair of ``(n,)`` channels; the same float32 operations in the same order as the numpy mix.
+    """
+    lib = _lib()
+    assert lib is not None
+    v = _f32(None if voice is None else voice.reshape(-1), (n,))
+    b, g = _f32(bed, (n, 2)), _f32(bed_gain, (n,))
+    if (b is None) != (g is None):
+        raise ValueError("bed and bed_gain go together")
+    channels = [_f32(c, (n,)) for pair in tones for c in pair]
+    pointers = (ctypes.c_void_p * max(1, len(channels)))(*[_ptr(c) for c in channels if c is not None])
+    tg = _f32(tone_gain, (n,))
+    out = np.empty((n, 2), dtype=np.float32)
+    lib.ms_mix(_ptr(out), n, None if v is None else _ptr(v), float(voice_gain), None if b is None else _ptr(b),
+               None if g is None else _ptr(g), len(tones), pointers, None if tg is None else _ptr(tg))
+    return out

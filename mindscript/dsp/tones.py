@@ -18,13 +18,14 @@ import numpy as np
 
 from ._checks import check_finite, check_frames, check_sample_rate
 
-__all__ = ["ToneParams", "binaural", "solfeggio", "tone_block"]
+__all__ = ["ToneParams", "binaural", "solfeggio", "tone_block", "tone_channels"]
 
 # Samples are produced as rows of this many frames: sin(a + b) = sin(a) cos(b) + cos(a) sin(b), with the
 # row phase ``a`` reduced exactly in float64 and the within-row phase ``b`` from a small table. This costs
 # one small float32 matrix product per block instead of a transcendental call per sample.
 _ROW = 256
 _CHUNK = 256 * _ROW
+CHUNK_FRAMES = _CHUNK  # the longest block :func:`tone_channels` gives
 
 
 @dataclass(frozen=True)
@@ -123,12 +124,7 @@ def _tone(hz: float, sample_rate: int, start_frame: int, n_frames: int, amplitud
     return table[offset : offset + n_frames]
 
 
-def tone_block(params: ToneParams, sample_rate: int, start_frame: int, n_frames: int) -> np.ndarray:
-    """Render frames ``start_frame .. start_frame + n_frames - 1`` of a tone pair as float32 ``(n, 2)``.
-
-    Phase starts at 0 at absolute frame 0. No fades are applied (the caller applies
-    :func:`mindscript.dsp.envelopes.fade_gain`).
-    """
+def _checked(params: ToneParams, sample_rate: int, start_frame: int, n_frames: int) -> tuple[int, int, int]:
     if not isinstance(params, ToneParams):
         raise ValueError(f"params must be a ToneParams, got {type(params).__name__}")
     sample_rate = check_sample_rate(sample_rate)
@@ -139,6 +135,30 @@ def tone_block(params: ToneParams, sample_rate: int, start_frame: int, n_frames:
         hz = getattr(params, name)
         if hz >= nyquist:
             raise ValueError(f"{name} must be below Nyquist ({nyquist} Hz at {sample_rate} Hz), got {hz!r}")
+    return sample_rate, start_frame, n_frames
+
+
+def tone_channels(params: ToneParams, sample_rate: int, start_frame: int, n_frames: int) -> tuple[np.ndarray,
+                                                                                                   np.ndarray]:
+    """The left and right channels of :func:`tone_block` as float32 ``(n_frames,)`` arrays (read-only views of
+    a tone's period table where it has one), for ``n_frames`` up to one chunk (65536 frames)."""
+    sample_rate, start_frame, n_frames = _checked(params, sample_rate, start_frame, n_frames)
+    if n_frames > _CHUNK:
+        raise ValueError(f"n_frames must be at most {_CHUNK}, got {n_frames!r}")
+    amplitude = float(params.amplitude)
+    left = _tone(float(params.left_hz), sample_rate, start_frame, n_frames, amplitude)
+    if params.right_hz == params.left_hz:
+        return left, left
+    return left, _tone(float(params.right_hz), sample_rate, start_frame, n_frames, amplitude)
+
+
+def tone_block(params: ToneParams, sample_rate: int, start_frame: int, n_frames: int) -> np.ndarray:
+    """Render frames ``start_frame .. start_frame + n_frames - 1`` of a tone pair as float32 ``(n, 2)``.
+
+    Phase starts at 0 at absolute frame 0. No fades are applied (the caller applies
+    :func:`mindscript.dsp.envelopes.fade_gain`).
+    """
+    sample_rate, start_frame, n_frames = _checked(params, sample_rate, start_frame, n_frames)
     out = np.empty((n_frames, 2), dtype=np.float32)
     amplitude = float(params.amplitude)
     # Chunks keep the scratch arrays cache-sized however long a one-shot render is.

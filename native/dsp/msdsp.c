@@ -173,3 +173,36 @@ int64_t ms_release(const double *history, int64_t h, int b1, int b2, double rele
     }
     return m;
 }
+
+/* One block of the unmastered mix (mindscript/master.py Mixer.block), n stereo frames into out (n x 2):
+ *   out[i][c] = voice[i] * voice_gain + bed[i][c] * bed_gain[i] + tone_gain[i] * sum_k tones[k][c][i]
+ * voice (n mono frames), bed (n x 2) with bed_gain (n), tone_gain (n) may each be NULL (no such layer; no
+ * fade: gain 1). tones: n_tones pairs of channel pointers (left, right), each n frames. float32 throughout,
+ * the additions in the numpy code's order. */
+void ms_mix(float *out, int64_t n, const float *voice, float voice_gain, const float *bed, const float *bed_gain,
+            int n_tones, const float *const *tones, const float *tone_gain)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float l = 0.0f, r = 0.0f;
+        if (voice) l = r = voice[i] * voice_gain;
+        if (bed) {
+            l += bed[2 * i] * bed_gain[i];
+            r += bed[2 * i + 1] * bed_gain[i];
+        }
+        if (n_tones) {
+            float tl = tones[0][i], tr = tones[1][i];
+            for (int k = 1; k < n_tones; k++) {
+                tl += tones[2 * k][i];
+                tr += tones[2 * k + 1][i];
+            }
+            if (tone_gain) {
+                tl *= tone_gain[i];
+                tr *= tone_gain[i];
+            }
+            l += tl;
+            r += tr;
+        }
+        out[2 * i] = l;
+        out[2 * i + 1] = r;
+    }
+}

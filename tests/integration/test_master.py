@@ -194,3 +194,42 @@ def test_measuring_the_delivered_file_in_parts_gives_the_one_pass_figures(tmp_pa
     assert one.frames == n and abs(one.true_peak_dbtp - true_peak_dbtp(y)) <= 0.02
     assert abs(one.integrated_lufs - lufs(y, rate)) <= 0.05
     assert one.true_peak_dbtp > 20 * np.log10(0.6)  # the peak is the burst at the cut, found by both parts
+
+
+@pytest.mark.parametrize("layers_on", [("voice", "background", "solfeggio", "binaural"), ("background",),
+                                       ("solfeggio", "binaural"), ("voice",)])
+def test_mix_in_c_is_the_numpy_mix_bit_for_bit(tmp_path: Path, layers_on: tuple[str, ...]) -> None:
+    """Every block the master mixes (voice, looped ducked bed, tones, their fades) is the same float32 values
+    from the C kernel as from numpy (mindscript/dsp/_native.py), whatever the block size."""
+    from mindscript.dsp import _native
+
+    if _native.lib is None:
+        pytest.skip("no DSP kernels library (DSP_KERNELS=numpy or not built)")
+    cfg = {"voice": {"enabled": True}, "background": {"enabled": True, "trackUrl": str(_bed_file(tmp_path, 7.3))},
+           "solfeggio": {"enabled": True, "hz": 528}, "binaural": {"enabled": True, "band": "theta"}}
+    job = _job(0.5, **{k: cfg[k] for k in layers_on})
+    s = _settings(voice_lead_in_s=2.0, voice_tail_s=2.0, loop_crossfade_s=0.5, background_fade_in_s=3.0,
+                  program_fade_out_s=4.0)
+    stem = _voice_stem(tmp_path, on_s=3.0, off_s=2.0, total_s=20.0) if "voice" in layers_on else None
+    bed = None
+    if "background" in layers_on:
+        (tmp_path / "ws").mkdir(exist_ok=True)
+        bed = layers.prepare_background(job, s, tmp_path / "ws", sample_rate=SR, allow_local=True)
+    tones = tuple(layers.plan_tone(k, job, s, sample_rate=SR) for k in ("solfeggio", "binaural") if k in layers_on)
+    plan = master.plan_master(job, s, voice=stem, bed=bed, tone_plans=tones, sample_rate=SR)
+    mixer = master.Mixer(plan)
+    keep = _native.lib
+    try:
+        for size in (65536, 10_007):
+            for start in range(0, plan.total_frames, size):
+                n = min(size, plan.total_frames - start)
+                native = mixer.block(start, n)
+                _native.lib = None
+                reference = mixer.block(start, n)
+                _native.lib = keep
+                assert native.dtype == reference.dtype == np.float32 and native.shape == (n, 2)
+                assert np.array_equal(native, reference), (size, start)
+        assert np.abs(mixer.block(int(2.5 * SR), SR)).max() > 1e-3  # the layers are in it (the voice speaks)
+    finally:
+        _native.lib = keep
+        mixer.close()
