@@ -56,9 +56,9 @@ def flags(march: str) -> list[str]:
     return out
 
 
-def fingerprint(cc: str, cflags: list[str], files: list[Path] | None = None) -> str:
+def fingerprint(cc: str, cflags: list[str], files: list[Path]) -> str:
     h = hashlib.sha256(" ".join([cc, *cflags, platform.machine()]).encode())
-    for path in files if files is not None else [*sources(), *sorted(SOURCE.rglob("*.h"))]:
+    for path in files:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()

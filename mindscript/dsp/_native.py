@@ -64,14 +64,21 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _loaded() -> ctypes.CDLL | None:
+    """``lib``, loaded now if this is its first use."""
+    return globals()["lib"] if "lib" in globals() else __getattr__("lib")  # type: ignore[return-value]
+
+
 def kernels() -> str:
     """Which kernels run: ``native: <path>`` or ``numpy``."""
-    return f"native: {LIBRARY}" if _lib() is not None else "numpy"
+    return f"native: {LIBRARY}" if _loaded() is not None else "numpy"
 
 
 def _lib() -> ctypes.CDLL:
-    found = globals().get("lib") if "lib" in globals() else __getattr__("lib")
-    return found  # type: ignore[return-value]
+    """The loaded library, for the wrappers below (callers check ``lib`` first)."""
+    found = _loaded()
+    assert found is not None, "the DSP kernels library is not loaded"
+    return found
 
 
 def _ptr(a: np.ndarray) -> int:
@@ -82,16 +89,17 @@ def kweight(x: np.ndarray, sos: np.ndarray, zi: np.ndarray, bounds: np.ndarray,
             carry: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """K-weight float32 frames ``x`` ``(n, channels)`` from state ``zi`` ``(2, channels, 2)``.
 
-    ``bounds`` (ascending, within ``0 .. n``) cut the squared output into steps; ``carry`` (one per channel)
+    ``bounds`` (ascending from 0, within ``0 .. n``) cut the squared output into steps; ``carry`` (one per channel)
     starts the first step's sum. Returns the sums of squares per step ``(channels, len(bounds) - 1)``, the
     squares after the last bound ``(channels, n - bounds[-1])`` and the next ``zi``.
     """
     lib = _lib()
-    assert lib is not None
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, channels = x.shape
     state = np.ascontiguousarray(np.swapaxes(zi, 0, 1), dtype=np.float64)  # (channels, sections, 2)
     b = np.ascontiguousarray(bounds, dtype=np.int64)
+    if len(b) == 0 or b[0] != 0:
+        raise ValueError(f"bounds must start at frame 0, got {b[:1]}")
     sums = np.empty((channels, len(b) - 1), dtype=np.float64)
     tail = np.empty((channels, n - int(b[-1])), dtype=np.float64)
     coeffs = np.ascontiguousarray(sos, dtype=np.float64)
@@ -104,7 +112,6 @@ def kweight(x: np.ndarray, sos: np.ndarray, zi: np.ndarray, bounds: np.ndarray,
 def interp_max(rows: np.ndarray, windows: np.ndarray, step: int, taps: np.ndarray) -> np.ndarray:
     """Max over channels and phases of ``|FIR|`` for ``step`` outputs per window (see msdsp.c)."""
     lib = _lib()
-    assert lib is not None
     rows = np.ascontiguousarray(rows, dtype=np.float32)
     w = np.ascontiguousarray(windows, dtype=np.int64)
     out = np.empty((len(w), step), dtype=np.float32)
@@ -116,7 +123,6 @@ def interp_max(rows: np.ndarray, windows: np.ndarray, step: int, taps: np.ndarra
 def release(history: np.ndarray, b1: int, b2: int, released: float, a: float) -> np.ndarray:
     """Attack (two moving averages) and release recursion over ``history`` (dB); see msdsp.c."""
     lib = _lib()
-    assert lib is not None
     h = np.ascontiguousarray(history, dtype=np.float64)
     u = np.empty(max(0, len(h) - b1 - b2 + 2), dtype=np.float64)
     scratch = np.empty(2 * (len(h) + 1), dtype=np.float64)
@@ -142,13 +148,14 @@ def mix(n: int, *, voice: np.ndarray | None, voice_gain: float, bed: np.ndarray 
     pair of ``(n,)`` channels; the same float32 operations in the same order as the numpy mix.
     """
     lib = _lib()
-    assert lib is not None
     v = _f32(None if voice is None else voice.reshape(-1), (n,))
     b, g = _f32(bed, (n, 2)), _f32(bed_gain, (n,))
     if (b is None) != (g is None):
         raise ValueError("bed and bed_gain go together")
-    channels = [_f32(c, (n,)) for pair in tones for c in pair]
-    pointers = (ctypes.c_void_p * max(1, len(channels)))(*[_ptr(c) for c in channels if c is not None])
+    channels = [np.ascontiguousarray(c, dtype=np.float32) for pair in tones for c in pair]
+    if any(c.shape != (n,) for c in channels):
+        raise ValueError(f"tone channels must have shape ({n},), got {[c.shape for c in channels]}")
+    pointers = (ctypes.c_void_p * max(1, len(channels)))(*[_ptr(c) for c in channels])
     tg = _f32(tone_gain, (n,))
     out = np.empty((n, 2), dtype=np.float32)
     lib.ms_mix(_ptr(out), n, None if v is None else _ptr(v), float(voice_gain), None if b is None else _ptr(b),

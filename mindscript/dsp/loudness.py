@@ -278,15 +278,15 @@ def meter_update(state: MeterState, block: np.ndarray) -> MeterState:
     available = origin + held + x.shape[0]
     # Steps 0 .. K-1 are complete when step K starts at or before the end: floor(K * sr / 10) <= available.
     n_new = (10 * (available + 1) - 1) // sr - state.steps_done
+    # Step boundaries in the frames of the block (the first step began in the pending samples when any are held).
+    bounds = (state.steps_done + np.arange(n_new + 1, dtype=np.int64)) * sr // 10 - origin - held
     if _native.lib is not None:
-        return _native_update(state, x, held, origin, n_new)
+        return _native_update(state, x, held, bounds)
     # zi makes the filter continuous across blocks.
     y, zf = _k_weighted_squares(state, x)
     if n_new == 0:
         pending = np.concatenate([state.pending, y], axis=1) if held else y
         return dataclasses.replace(state, zi=_readonly(zf), pending=_readonly(pending))
-    # Step boundaries in the frames of y (the first step began in the pending samples when any are held).
-    bounds = (state.steps_done + np.arange(n_new + 1, dtype=np.int64)) * sr // 10 - origin - held
     # Each step is summed in one reduction over exactly its own samples, whatever block they came in.
     sums = np.empty((state.channels, n_new), dtype=np.float64)
     first = 0
@@ -306,10 +306,10 @@ def meter_update(state: MeterState, block: np.ndarray) -> MeterState:
     )
 
 
-def _native_update(state: MeterState, x: np.ndarray, held: int, origin: int, n_new: int) -> MeterState:
+def _native_update(state: MeterState, x: np.ndarray, held: int, bounds: np.ndarray) -> MeterState:
     """:func:`meter_update` with the C kernel: filtered, squared and summed per step in one pass; only the
     incomplete last step's squares are kept (as ``pending``, like the numpy path)."""
-    bounds = (state.steps_done + np.arange(n_new + 1, dtype=np.int64)) * state.sample_rate // 10 - origin - held
+    n_new = len(bounds) - 1
     # a step that began in the pending samples goes on from their sum in frame order (cumsum is sequential),
     # as one running sum over the step would: the sums do not depend on where blocks were cut
     carry = np.cumsum(state.pending, axis=1)[:, -1] if held and n_new else np.zeros(state.channels)

@@ -20,9 +20,9 @@ int ms_abi_version(void) { return 2; }
 /* K-weighting (two sections, float64) of n interleaved float32 frames of ch channels, squared.
  *
  * sos: 2 x 6 (b0 b1 b2 a0 a1 a2, a0 = 1). zi: ch x 2 sections x 2, updated in place.
- * bounds: nb ascending frame offsets in [0, n]; sums[c * (nb - 1) + k] receives the sum of the squares
- * over frames bounds[k] .. bounds[k + 1] - 1; tail[c * (n - bounds[nb - 1]) + j] the square of frame
- * bounds[nb - 1] + j (the incomplete step that follows). Frames before bounds[0] are filtered, not summed.
+ * bounds: nb ascending frame offsets, bounds[0] = 0, all within [0, n]; sums[c * (nb - 1) + k] receives the
+ * sum of the squares over frames bounds[k] .. bounds[k + 1] - 1; tail[c * (n - bounds[nb - 1]) + j] the square
+ * of frame bounds[nb - 1] + j (the incomplete step that follows).
  * carry[c] starts the first step's sum (the squares of its frames from earlier blocks, summed in order):
  * each step is one running sum in frame order, so the sums do not depend on where blocks were cut.
  * Channels go through in pairs: the recursion is latency-bound, so two independent ones share its cost. */
@@ -39,13 +39,6 @@ void ms_kweight(const float *x, int64_t n, int ch, const double *sos, double *zi
         double q00 = q[0], q01 = q[1], q10 = q[2], q11 = q[3];
         const float *xc = x + c;
         double y0, y1, u0, u1;
-        for (int64_t i = 0; i < bounds[0]; i++) {
-            double v = xc[i * ch], w = xc[i * ch + 1];
-            MS_BIQUAD(v, y0, b00, b01, b02, a01, a02, p00, p01);
-            MS_BIQUAD(y0, y1, b10, b11, b12, a11, a12, p10, p11);
-            MS_BIQUAD(w, u0, b00, b01, b02, a01, a02, q00, q01);
-            MS_BIQUAD(u0, u1, b10, b11, b12, a11, a12, q10, q11);
-        }
         for (int64_t k = 0; k < steps; k++) {
             double pa = k ? 0.0 : carry[c], qa = k ? 0.0 : carry[c + 1];
             for (int64_t i = bounds[k]; i < bounds[k + 1]; i++) {
@@ -78,11 +71,6 @@ void ms_kweight(const float *x, int64_t n, int ch, const double *sos, double *zi
         double p00 = p[0], p01 = p[1], p10 = p[2], p11 = p[3];
         const float *xc = x + c;
         double y0, y1;
-        for (int64_t i = 0; i < bounds[0]; i++) {
-            double v = xc[i * ch];
-            MS_BIQUAD(v, y0, b00, b01, b02, a01, a02, p00, p01);
-            MS_BIQUAD(y0, y1, b10, b11, b12, a11, a12, p10, p11);
-        }
         for (int64_t k = 0; k < steps; k++) {
             double pa = k ? 0.0 : carry[c];
             for (int64_t i = bounds[k]; i < bounds[k + 1]; i++) {
