@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mindscript.dsp import _native
+
 __all__ = [
     "FRAME_SAMPLES", "JoinResult", "LameTag", "Mp3JoinError", "SegmentFile", "crc16", "frame_offsets",
     "join_segments", "read_tag",
@@ -85,16 +87,27 @@ def _parse_header(raw: bytes, where: str) -> _Header:
 
 
 def frame_offsets(path: Path) -> np.ndarray:
-    """Byte offsets of every frame in ``path`` plus the file size as a last entry (so sizes are diffs)."""
+    """Byte offsets of every frame in ``path`` plus the file size as a last entry (so sizes are diffs).
+
+    The file is read in ``_COPY_CHUNK`` pieces (not a read per frame header) and each distinct header word is
+    parsed once: a CBR stream has two (with and without the padding byte).
+    """
     offsets: list[int] = []
     size = os.path.getsize(path)
+    lengths: dict[bytes, int] = {}
     with open(path, "rb") as fh:
-        pos = 0
+        pos, base, buf = 0, 0, b""
         while pos < size:
-            fh.seek(pos)
-            head = fh.read(4)
+            at = pos - base
+            if at + 4 > len(buf):
+                fh.seek(pos)
+                base, buf, at = pos, fh.read(_COPY_CHUNK), 0
+            head = buf[at:at + 4]
+            step = lengths.get(head)
+            if step is None:
+                step = lengths[head] = _parse_header(head, f"'{path}' at byte {pos}").frame_bytes
             offsets.append(pos)
-            pos += _parse_header(head, f"'{path}' at byte {pos}").frame_bytes
+            pos += step
     if pos != size:
         raise Mp3JoinError(f"'{path}': the last frame is truncated ({pos - size} bytes missing)")
     offsets.append(size)
@@ -142,6 +155,8 @@ def crc16(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
     The bulk is computed as many independent lanes at once and combined with the CRC's linearity:
     crc(A + B) = shift(crc(A), len(B)) ^ crc(B).
     """
+    if _native.lib is not None:  # the same table-driven CRC in C (msdsp.c), ~20x faster
+        return _native.crc16(data, crc)
     buf = np.frombuffer(data, dtype=np.uint8)
     whole = len(buf) // _LANE * _LANE
     if whole:

@@ -5,10 +5,12 @@
     LAME_MARCH=x86-64-v2 python tools/build_lame.py --out /opt/lame/libmp3lame.so   # for other machines
 
 The lameenc wheel's LAME is built for any x86-64 CPU without LAME's SSE code; the same sources built with
-``-O3``, -ffast-math's optimizations (not the flag: see flags()), ``-march=native`` and LAME's SSE paths (init_xrpow,
-the FFT) encode the benchmark's 10 minutes in ~5.0 s of CPU instead of ~6.4 s here (bench/RESULTS.md), same
-settings, same bitrate. mindscript/lame.py prefers this library and otherwise uses the wheel's, so a machine
-without a C compiler still renders: the build then says why it was skipped and exits 0 (``--strict``: exit 1).
+``-O3``, -ffast-math's optimizations (not the flag: see flags()), ``-march=native`` and LAME's SSE paths
+(init_xrpow, the FFT) encode the benchmark's 10 minutes in ~5.0 s of CPU instead of ~6.4 s here
+(bench/RESULTS.md), same settings, same bitrate. Where the CPU has AVX2, LAME's quantization loop
+(takehiro.c) runs in an AVX2 form of ours that gives the same bits. mindscript/lame.py prefers this library
+and otherwise uses the wheel's, so a machine without a C compiler still renders: the build then says why it
+was skipped and exits 0 (``--strict``: exit 1).
 
 ``CC`` (default ``cc``) is the compiler, ``LAME_MARCH`` (default ``native``) the ``-march`` target: a library
 built with ``native`` may not run on an older CPU, so build on (or for) the machine that renders.
@@ -74,9 +76,13 @@ def check(path: Path, required: tuple[str, ...] = REQUIRED) -> str | None:
     return f"it does not export {', '.join(missing)}" if missing else None
 
 
-def build(out: Path, *, force: bool = False) -> tuple[bool, str]:
-    """(built or up to date, what happened)."""
-    return build_library(out, files=sources(), headers=sorted(SOURCE.rglob("*.h")), flags=flags, required=REQUIRED,
+def build(out: Path, *, force: bool = False, defines: tuple[str, ...] = ()) -> tuple[bool, str]:
+    """(built or up to date, what happened). ``defines`` (``NAME`` or ``NAME=value``) are passed as ``-D``:
+    ``MS_SCALAR_QUANTIZE`` builds the release's quantization loop instead of its AVX2 form (the tests
+    compare the two)."""
+    extra = [f"-D{d}" for d in defines]
+    return build_library(out, files=sources(), headers=sorted(SOURCE.rglob("*.h")),
+                         flags=lambda march: [*flags(march), *extra], required=REQUIRED,
                          march=os.environ.get("LAME_MARCH", "native"), fallback="MP3 uses the lameenc wheel's LAME",
                          force=force)
 

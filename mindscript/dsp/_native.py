@@ -1,9 +1,10 @@
 """The C kernels of mindscript.dsp (native/dsp/msdsp.c, built for this CPU by `make setup`), through ctypes.
 
-Four inner loops run there when the library is built: the loudness meter's K-weighting with its per-step
+Five inner loops run there when the library is built: the loudness meter's K-weighting with its per-step
 sums of squares (:mod:`.loudness`), the true-peak interpolator's FIR (:mod:`.truepeak`), the limiter's
-attack averages and release recursion (:mod:`.limiter`) and the master's mix of one block (voice, bed and
-tones in one pass, :class:`mindscript.master.Mixer`). Each module keeps its numpy code and runs it where
+attack averages and release recursion (:mod:`.limiter`), the master's mix of one block (voice, bed and
+tones in one pass, :class:`mindscript.master.Mixer`) and the CRC-16 of joined MP3 segments
+(:mod:`mindscript.mp3frames`). Each module keeps its numpy code and runs it where
 the library is missing, did not build, or ``DSP_KERNELS=numpy``; both give the same figures (the tests hold
 them to each other). ctypes releases the GIL for each call, so the meter threads of :mod:`mindscript.parts`
 run their kernels on both cores. :func:`kernels` says which runs.
@@ -18,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LIBRARY", "interp_max", "kernels", "kweight", "lib", "mix", "release"]
+__all__ = ["LIBRARY", "crc16", "interp_max", "kernels", "kweight", "lib", "mix", "release"]
 
 log = logging.getLogger(__name__)
 
 #: written by tools/build_dsp.py (make setup); absent where no C compiler was found
 LIBRARY = Path(__file__).resolve().parent.parent / "_native" / "libmsdsp.so"
-_ABI = 2
+_ABI = 3
 _P, _I64, _INT, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
 _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ms_abi_version": (_INT, []),
@@ -32,6 +33,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ms_interp_max": (_INT, [_P, _I64, _INT, _P, _I64, _INT, _P, _P]),
     "ms_release": (_I64, [_P, _I64, _INT, _INT, _D, _D, _P, _P]),
     "ms_mix": (None, [_P, _I64, _P, ctypes.c_float, _P, _P, _INT, _P, _P]),
+    "ms_crc16": (ctypes.c_uint32, [_P, _I64, ctypes.c_uint32]),
 }
 
 
@@ -161,3 +163,9 @@ def mix(n: int, *, voice: np.ndarray | None, voice_gain: float, bed: np.ndarray 
     lib.ms_mix(_ptr(out), n, None if v is None else _ptr(v), float(voice_gain), None if b is None else _ptr(b),
                None if g is None else _ptr(g), len(tones), pointers, None if tg is None else _ptr(tg))
     return out
+
+
+def crc16(data: bytes | bytearray | memoryview, crc: int) -> int:
+    """CRC-16/ARC of ``data`` continued from ``crc`` (see msdsp.c)."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    return int(_lib().ms_crc16(_ptr(buf) if len(buf) else None, len(buf), crc))

@@ -1,6 +1,6 @@
 /* MindScript's DSP kernels: the inner loops of mindscript.dsp (loudness meter, true-peak interpolation,
- * limiter release) in C, built for this CPU by tools/build_dsp.py (make setup) and called through ctypes
- * from mindscript/dsp/_native.py. Each computes what the numpy code beside it computes, in the same
+ * limiter release, master mix) and the MP3 joiner's CRC in C, built for this CPU by tools/build_dsp.py
+ * (make setup) and called through ctypes from mindscript/dsp/_native.py. Each computes what the numpy code beside it computes, in the same
  * precision (float64 filters, float32 interpolation), without that code's block-sized temporaries; where
  * no library was built, the numpy code runs. No allocation, no global state, no floating-point mode
  * changes (built without -ffast-math: see tools/build_lame.py).
@@ -8,7 +8,7 @@
 #include <math.h>
 #include <stdint.h>
 
-int ms_abi_version(void) { return 2; }
+int ms_abi_version(void) { return 3; }
 
 /* One biquad (transposed direct form II, as scipy's sosfilt) on v, state z0/z1; result in y. */
 #define MS_BIQUAD(v, y, b0, b1, b2, a1, a2, z0, z1) do { \
@@ -193,4 +193,21 @@ void ms_mix(float *out, int64_t n, const float *voice, float voice_gain, const f
         out[2 * i] = l;
         out[2 * i + 1] = r;
     }
+}
+
+/* CRC-16/ARC (polynomial 0x8005 reflected, no init or xorout) of n bytes, continued from crc: the LAME tag's
+ * music and tag CRCs (mindscript/mp3frames.py, whose numpy code computes the same). */
+uint32_t ms_crc16(const uint8_t *p, int64_t n, uint32_t crc)
+{
+    uint16_t table[256];
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? (c >> 1) ^ 0xA001u : c >> 1;
+        table[i] = (uint16_t) c;
+    }
+    crc &= 0xFFFFu;
+    for (int64_t i = 0; i < n; i++)
+        crc = (crc >> 8) ^ table[(crc ^ p[i]) & 0xFFu];
+    return crc;
 }

@@ -14,6 +14,7 @@ from typing import TypeVar
 import numpy as np
 import pytest
 
+from mindscript import mp3frames
 from mindscript.dsp import _native, limiter, loudness, truepeak
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,6 +132,15 @@ def test_limiter_output_matches_the_numpy_limiter(ceiling: float) -> None:
         assert np.array_equal(native, x)
     else:
         assert not np.array_equal(native, x)
+
+
+@pytest.mark.parametrize("size", [0, 1, 1023, 1025, 70001, 1 << 20])
+def test_crc16_matches_the_numpy_crc_and_continues(size: int) -> None:
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    native, reference = both(lambda: mp3frames.crc16(data, 0x1234))
+    assert native == reference
+    cut = size // 3
+    assert both(lambda: mp3frames.crc16(data[cut:], mp3frames.crc16(data[:cut])))[0] == mp3frames.crc16(data)
 
 
 def test_release_rejects_a_span_shorter_than_the_averages() -> None:

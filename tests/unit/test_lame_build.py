@@ -137,16 +137,33 @@ def test_build_without_a_compiler_says_so_and_setup_goes_on(tmp_path: Path, monk
     assert not out.exists()
 
 
-def test_build_rebuilds_when_the_flags_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_build_rebuilds_when_the_flags_change(tmp_path: Path, fresh_choice: pytest.MonkeyPatch) -> None:
     if shutil.which("cc") is None:
         pytest.skip("no C compiler")
     out = tmp_path / "libmp3lame.so"
-    monkeypatch.delenv("CC", raising=False)
-    monkeypatch.setenv("LAME_MARCH", "no-such-cpu")  # the compiler refuses it: built for its default CPU
+    fresh_choice.delenv("CC", raising=False)
+    fresh_choice.setenv("LAME_MARCH", "no-such-cpu")  # the compiler refuses it: built for its default CPU
     ok, message = build_lame.build(out)
     assert ok and message == f"built {out} (cc, -march=default)", message
     assert build_lame.check(out) is None
     assert build_lame.build(out) == (True, f"{out} is up to date")
-    monkeypatch.setenv("LAME_MARCH", "native")
-    ok, message = build_lame.build(out)
+    # for this CPU, with the release's scalar quantization loop: the library setup builds (the loop's AVX2
+    # form where the CPU has AVX2) must write the same bytes
+    fresh_choice.setenv("LAME_MARCH", "native")
+    ok, message = build_lame.build(out, defines=("MS_SCALAR_QUANTIZE",))
     assert ok and message.startswith("built"), message
+    setup = built_library()
+    headers = sorted(build_lame.SOURCE.rglob("*.h"))
+    if setup.with_name(setup.name + ".build").read_text().strip() != build_lame.fingerprint(
+            "cc", build_lame.flags("native"), [*build_lame.sources(), *headers]):
+        pytest.skip("the library setup built has other flags (CC or LAME_MARCH set)")
+    x = program(12.0)
+    x[SR * 4:SR * 6] = np.clip(8 * x[SR * 4:SR * 6], -1, 1)  # clipped: large quantized values, the escape tables
+    scalar = shutil.copy(out, tmp_path / "scalar.so")  # `out` itself is loaded already: its first build (check)
+    encoded = {}
+    for name, lib in (("scalar", scalar), ("setup", setup)):
+        fresh_choice.setenv("LAME_LIBRARY", str(lib))
+        lame._chosen.cache_clear()
+        encode(tmp_path / f"{name}.mp3", x)
+        encoded[name] = (tmp_path / f"{name}.mp3").read_bytes()
+    assert len(encoded["setup"]) > 250_000 and encoded["setup"] == encoded["scalar"]
