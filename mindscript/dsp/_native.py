@@ -1,10 +1,10 @@
 """The C kernels of mindscript.dsp (native/dsp/msdsp.c, built for this CPU by `make setup`), through ctypes.
 
-Five inner loops run there when the library is built: the loudness meter's K-weighting with its per-step
-sums of squares (:mod:`.loudness`), the true-peak interpolator's FIR (:mod:`.truepeak`), the limiter's
-attack averages and release recursion (:mod:`.limiter`), the master's mix of one block (voice, bed and
-tones in one pass, :class:`mindscript.master.Mixer`) and the CRC-16 of joined MP3 segments
-(:mod:`mindscript.mp3frames`). Each module keeps its numpy code and runs it where
+The inner loops run there when the library is built: the loudness meter's K-weighting with its per-step
+sums of squares (:mod:`.loudness`), the true-peak envelope and its interpolator's FIR (:mod:`.truepeak`), the
+limiter's whole gain computer and output (:mod:`.limiter`: reductions, holds, attack averages, release, gain),
+the master's mix of one block (voice, bed and tones in one pass, :class:`mindscript.master.Mixer`) and the
+CRC-16 of joined MP3 segments (:mod:`mindscript.mp3frames`). Each module keeps its numpy code and runs it where
 the library is missing, did not build, or ``DSP_KERNELS=numpy``; both give the same figures (the tests hold
 them to each other). ctypes releases the GIL for each call, so the meter threads of :mod:`mindscript.parts`
 run their kernels on both cores. :func:`kernels` says which runs.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LIBRARY", "crc16", "interp_max", "kernels", "kweight", "lib", "mix", "release"]
+__all__ = ["LIBRARY", "crc16", "envelope", "interp_max", "kernels", "kweight", "lib", "limit", "mix", "release"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ms_release": (_I64, [_P, _I64, _INT, _INT, _D, _D, _P, _P]),
     "ms_mix": (None, [_P, _I64, _P, ctypes.c_float, _P, _P, _INT, _P, _P]),
     "ms_crc16": (ctypes.c_uint32, [_P, _I64, ctypes.c_uint32]),
+    "ms_envelope": (ctypes.c_float, [_P, _I64, _INT, _INT] + [ctypes.c_float] * 5 + [_P, _P, _P]),
+    "ms_limit": (_I64, [_P, _I64, _P, _I64, _I64, ctypes.c_float, _D, _P, _P, _I64, _I64, _INT, _INT, _INT, _D, _D,
+                        _D, _P, _INT, _P, _P, _P, _P]),
 }
 
 
@@ -120,6 +123,54 @@ def interp_max(rows: np.ndarray, windows: np.ndarray, step: int, taps: np.ndarra
     if lib.ms_interp_max(_ptr(rows), rows.shape[1], rows.shape[0], _ptr(w), len(w), step, _ptr(taps), _ptr(out)):
         raise ValueError(f"step must be within 1..2048, got {step}")
     return out
+
+
+def envelope(rows: np.ndarray, step: int, floor: float, bounds: tuple[float, float, float, float],
+             taps: np.ndarray) -> tuple[np.ndarray, float]:
+    """The true-peak envelope of ``rows`` ``(channels, n)`` with a floor, and its max (see msdsp.c).
+
+    ``bounds``: the L1 gain, ``1 + 2 SLOPE_GAIN``, ``CURVE_GAIN`` and the rounding margin of truepeak.py.
+    """
+    lib = _lib()
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    channels, n = rows.shape
+    env = np.empty(max(0, n - (taps.shape[1] - 1)), dtype=np.float32)
+    scratch = np.empty(n, dtype=np.float32)
+    top = lib.ms_envelope(_ptr(rows), n, channels, step, float(floor), *map(float, bounds), _ptr(taps), _ptr(env),
+                          _ptr(scratch))
+    if top < 0:
+        raise ValueError(f"step must be within 1..2048 and channels within 1..8, got {step} and {channels}")
+    return env, float(top)
+
+
+def limit(required: np.ndarray, env: np.ndarray, silence: int, holds: np.ndarray, delay: np.ndarray, *,
+          ceiling: np.float32, ceiling_db: float, width: int, look: int, b1: int, b2: int, released: float, a: float,
+          snap: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float | None]:
+    """The limiter's reductions, holds, attack, release and output for one call (see msdsp.c ``ms_limit``).
+
+    Returns the output frames (``(n, channels)``, none when n <= 0), every required reduction (the state's, then
+    this call's and ``silence`` zeros), every hold (the state's, then this call's) and the released reduction
+    at the last output frame (None when nothing was output).
+    """
+    lib = _lib()
+    prev = np.ascontiguousarray(required, dtype=np.float64)
+    e = np.ascontiguousarray(env, dtype=np.float32)
+    d = np.ascontiguousarray(delay, dtype=np.float32)
+    r = np.empty(len(prev) + len(e) + silence, dtype=np.float64)
+    total = len(holds) + max(0, len(r) - width + 1)
+    all_holds = np.empty(total, dtype=np.float64)
+    all_holds[:len(holds)] = holds
+    n = total - look
+    out = np.empty((max(0, n), d.shape[1]), dtype=np.float32)
+    u_last = ctypes.c_double(0.0)
+    scratch = np.empty(2 * (total + 2), dtype=np.float64)
+    dq = np.empty(len(r), dtype=np.int64)
+    got = lib.ms_limit(_ptr(prev), len(prev), _ptr(e), len(e), silence, float(ceiling), ceiling_db, _ptr(r),
+                       _ptr(all_holds), len(holds), width, look, b1, b2, released, a, snap, _ptr(d), d.shape[1],
+                       _ptr(out), ctypes.byref(u_last), _ptr(scratch), _ptr(dq))
+    if got != n:
+        raise ValueError(f"averages of {b1} and {b2} do not span a look-ahead of {look} frames")
+    return out, r, all_holds, (u_last.value if n > 0 else None)
 
 
 def release(history: np.ndarray, b1: int, b2: int, released: float, a: float) -> np.ndarray:

@@ -221,9 +221,43 @@ def _release_tail(log_start: float, log_a: float, count: int) -> int:
     return min(count, int((math.log(_SNAP_DB) - log_start) / log_a) + 2)
 
 
+def _advance_native(
+    state: LimiterState, env: np.ndarray, tp: TruePeakState, block: np.ndarray, final: bool
+) -> tuple[np.ndarray, LimiterState]:
+    """:func:`_advance` in C (msdsp.c ``ms_limit``): the call's reductions, holds, gain and output in one pass."""
+    params = state.params
+    lookahead = _lookahead_frames(params)
+    log_a = -1000.0 / (params.release_ms * params.sample_rate)
+    delay = np.concatenate([state.delay, block]) if block.shape[0] else state.delay
+    width = lookahead + 2 * _TP_LATENCY + 1
+    b1 = (lookahead + 2) // 2
+    released = math.exp(state.log_reduction + log_a) if state.log_reduction > -math.inf else 0.0
+    out, required, holds, u_last = _native.limit(
+        state.required, env, lookahead + _TP_LATENCY if final else 0, state.hold_history, delay,
+        ceiling=np.float32(_ceiling_linear(params)), ceiling_db=params.ceiling_dbtp - _SAFETY_DB, width=width,
+        look=lookahead, b1=b1, b2=lookahead + 2 - b1, released=released, a=math.exp(log_a), snap=_SNAP_DB)
+    n = out.shape[0]
+    log_reduction = state.log_reduction
+    if u_last is not None:
+        log_reduction = math.log(u_last) if u_last > 0.0 else -math.inf
+    return out, dataclasses.replace(
+        state,
+        truepeak=tp,
+        required=_readonly(required[max(required.shape[0] - width + 1, 0):].copy()),
+        hold_history=_readonly(holds[n:].copy() if n else holds),
+        log_reduction=log_reduction,
+        delay=_readonly(np.ascontiguousarray(delay[n:])),
+        frames_in=state.frames_in + block.shape[0],
+        frames_out=state.frames_out + n,
+        finished=final,
+    )
+
+
 def _advance(
     state: LimiterState, env: np.ndarray, tp: TruePeakState, block: np.ndarray, final: bool
 ) -> tuple[np.ndarray, LimiterState]:
+    if _native.lib is not None:
+        return _advance_native(state, env, tp, block, final)
     params = state.params
     lookahead = _lookahead_frames(params)
     required = _required_reduction(state, env, final)

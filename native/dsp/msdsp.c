@@ -1,12 +1,14 @@
-/* MindScript's DSP kernels: the inner loops of mindscript.dsp (loudness meter, true-peak interpolation,
- * limiter release, master mix) and the MP3 joiner's CRC in C, built for this CPU by tools/build_dsp.py
- * (make setup) and called through ctypes from mindscript/dsp/_native.py. Each computes what the numpy code beside it computes, in the same
- * precision (float64 filters, float32 interpolation), without that code's block-sized temporaries; where
- * no library was built, the numpy code runs. No allocation, no global state, no floating-point mode
- * changes (built without -ffast-math: see tools/build_lame.py).
+/* MindScript's DSP kernels: the inner loops of mindscript.dsp (loudness meter, true-peak envelope, limiter,
+ * master mix) and the MP3 joiner's CRC in C, built for this CPU by tools/build_dsp.py (make setup) and called
+ * through ctypes from mindscript/dsp/_native.py. Each computes what the numpy code beside it computes, in the
+ * same precision (float64 filters and gain computer, float32 interpolation and gains), without that code's
+ * block-sized temporaries; where no library was built, the numpy code runs. No allocation, no global state,
+ * no floating-point mode changes (built without -ffast-math: see tools/build_lame.py).
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 int ms_abi_version(void) { return 3; }
 
@@ -95,6 +97,7 @@ void ms_kweight(const float *x, int64_t n, int ch, const double *sos, double *zi
 #define MS_TAPS 32
 #define MS_PHASES 3
 #define MS_MAX_STEP 2048
+#define MS_MAX_CH 8
 
 /* True-peak interpolation (phases 1-3 of the 4x polyphase FIR, float32) of the given windows.
  *
@@ -102,32 +105,111 @@ void ms_kweight(const float *x, int64_t n, int ch, const double *sos, double *zi
  *   out[w * step + v] = max over channels c and phases p of |sum_t taps[p][t] * rows[c][windows[w] * step + v + t]|
  * which is what mindscript/dsp/truepeak.py's overlap-save FFTs give (to float32 rounding). Returns -1 when
  * step is over MS_MAX_STEP, else 0. */
+/* Phases 1-3 of `step` outputs from ch channel pointers (each reading step + 31 frames): raises o[v] to the max
+ * over channels and phases of |FIR|. */
+static void ms_interp_window(const float *const *base, int ch, int step, const float *taps, float *o)
+{
+    float acc[MS_MAX_STEP];
+    for (int c = 0; c < ch; c++) {
+        for (int p = 0; p < MS_PHASES; p++) {
+            const float *g = taps + p * MS_TAPS;
+            for (int v = 0; v < step; v++) acc[v] = 0.0f;
+            for (int t = 0; t < MS_TAPS; t++) {
+                const float gt = g[t];
+                const float *xs = base[c] + t;
+                for (int v = 0; v < step; v++) acc[v] += gt * xs[v];
+            }
+            for (int v = 0; v < step; v++) {
+                float a = fabsf(acc[v]);
+                o[v] = a > o[v] ? a : o[v];
+            }
+        }
+    }
+}
+
 int ms_interp_max(const float *rows, int64_t stride, int ch, const int64_t *windows, int64_t nw, int step,
                   const float *taps, float *out)
 {
-    float acc[MS_MAX_STEP];
+    const float *base[MS_MAX_CH];
     if (step <= 0 || step > MS_MAX_STEP) return -1;
     for (int64_t w = 0; w < nw; w++) {
         float *o = out + w * step;
         for (int v = 0; v < step; v++) o[v] = 0.0f;
-        for (int c = 0; c < ch; c++) {
-            const float *base = rows + c * stride + windows[w] * step;
-            for (int p = 0; p < MS_PHASES; p++) {
-                const float *g = taps + p * MS_TAPS;
-                for (int v = 0; v < step; v++) acc[v] = 0.0f;
-                for (int t = 0; t < MS_TAPS; t++) {
-                    const float gt = g[t];
-                    const float *xs = base + t;
-                    for (int v = 0; v < step; v++) acc[v] += gt * xs[v];
-                }
-                for (int v = 0; v < step; v++) {
-                    float a = fabsf(acc[v]);
-                    o[v] = a > o[v] ? a : o[v];
-                }
-            }
+        for (int c0 = 0; c0 < ch; c0 += MS_MAX_CH) {
+            const int k = ch - c0 < MS_MAX_CH ? ch - c0 : MS_MAX_CH;
+            for (int c = 0; c < k; c++) base[c] = rows + (c0 + c) * stride + windows[w] * step;
+            ms_interp_window(base, k, step, taps, o);
         }
     }
     return 0;
+}
+
+/* The true-peak envelope with a floor (mindscript/dsp/truepeak.py _envelope): rows holds ch rows of `stride`
+ * float32 frames (31 of history, then the block), m = stride - 31 outputs. env[j] is the max over channels of
+ * |rows[c][j + 15]| (phase 0), raised to the interpolated phases' max in every window of `step` outputs whose
+ * bound could exceed `floor` (every window when floor <= 0): the L1 bound l1 * max|x|, then, where that does
+ * not settle it, (max|x| * slope2 + curve * max|d2x|) * margin, both over the frames the window reads (zeros
+ * past the rows). a: `stride` floats of scratch. Returns the max of env (0 when m is 0), or -1 for a bad step
+ * or channel count. */
+/* The largest of n non-negative floats (0 for none), by their bit patterns: non-negative floats order as their
+ * unsigned integers, and an integer maximum vectorizes where a float one (NaN rules) does not. */
+static float ms_max_nonneg(const float *x, int64_t n)
+{
+    uint32_t top = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t b;
+        memcpy(&b, x + i, sizeof b);
+        top = b > top ? b : top;
+    }
+    float out;
+    memcpy(&out, &top, sizeof out);
+    return out;
+}
+
+float ms_envelope(const float *rows, int64_t stride, int ch, int step, float floor_, float l1, float slope2,
+                  float curve, float margin, const float *taps, float *env, float *a)
+{
+    const int64_t m = stride - (MS_TAPS - 1), span = step + MS_TAPS - 1;
+    float pad[MS_MAX_CH][MS_MAX_STEP + MS_TAPS], vals[MS_MAX_STEP], d2[MS_MAX_STEP + MS_TAPS];
+    const float *base[MS_MAX_CH];
+    if (step <= 0 || step > MS_MAX_STEP || ch < 1 || ch > MS_MAX_CH) return -1.0f;
+    if (m <= 0) return 0.0f;
+    for (int64_t j = 0; j < stride; j++) a[j] = fabsf(rows[j]);
+    for (int c = 1; c < ch; c++) {
+        const float *x = rows + c * stride;
+        for (int64_t j = 0; j < stride; j++) {
+            const float w = fabsf(x[j]);
+            a[j] = w > a[j] ? w : a[j];
+        }
+    }
+    memcpy(env, a + MS_TAPS / 2 - 1, (size_t)m * sizeof *env);
+    for (int64_t w0 = 0; w0 < m; w0 += step) {
+        const int64_t end = w0 + span < stride ? w0 + span : stride;  /* frames past the rows read as 0 */
+        for (int c = 0; c < ch; c++) {
+            if (w0 + span <= stride) {
+                base[c] = rows + c * stride + w0;
+            } else {
+                for (int64_t t = 0; t < span; t++) pad[c][t] = w0 + t < stride ? rows[c * stride + w0 + t] : 0.0f;
+                base[c] = pad[c];
+            }
+        }
+        if (floor_ > 0.0f) {
+            const float peak = ms_max_nonneg(a + w0, end - w0);
+            if (!(peak * l1 > floor_)) continue;
+            float bend = 0.0f;
+            for (int c = 0; c < ch; c++) {
+                const float *x = base[c];
+                for (int64_t t = 0; t + 2 < span; t++) d2[t] = fabsf(((x[t + 2] + x[t]) - x[t + 1]) - x[t + 1]);
+                const float b = ms_max_nonneg(d2, span - 2);
+                bend = b > bend ? b : bend;
+            }
+            if (!((peak * slope2 + curve * bend) * margin > floor_)) continue;
+        }
+        for (int v = 0; v < step; v++) vals[v] = 0.0f;
+        ms_interp_window(base, ch, step, taps, vals);
+        for (int v = 0; v < step && w0 + v < m; v++) env[w0 + v] = vals[v] > env[w0 + v] ? vals[v] : env[w0 + v];
+    }
+    return ms_max_nonneg(env, m);
 }
 
 /* Moving average of width w over x[0 .. n - 1] (n - w + 1 values into out) as differences of a running sum
@@ -160,6 +242,98 @@ int64_t ms_release(const double *history, int64_t h, int b1, int b2, double rele
         prev = a * v;
     }
     return m;
+}
+
+/* The limiter's gain computer and output for one call (mindscript/dsp/limiter.py _advance), in one pass.
+ *
+ * r (R = r0 + m + silence doubles, written): the required reductions (dB): the r0 the state held (r_prev), then
+ * for each of this call's m envelope values 20 log10(env) - ceiling_db where env > ceiling (else 0), then
+ * `silence` zeros (the stream's end). holds: the h0 held reductions of the state, then room for n_hold = max(R - width + 1, 0) more, each the
+ * max of r over a window of `width`. The attack is two moving averages (widths b1 and b2, b1 + b2 = look + 2)
+ * of the holds; u[k] = max(attack[k], a u[k - 1]) with a u[-1] = released. The n = h0 + n_hold - look output
+ * frames are delay (n x ch float32) times 10^(-u/20) in float32, exactly delay where u <= snap.
+ * As in the numpy code, holds and averages are computed over the one span where they can be nonzero (the
+ * averages with the same running sums, so bit for bit), the release over the rest is the free decay, and
+ * frames whose reduction is under `snap` are copied.
+ * scratch: 2 * (h0 + R + 2) doubles; dq: R int64. Writes holds, out and *u_last (u of the last output frame).
+ * Returns n (nothing is output when n <= 0), or INT64_MIN for averages that do not fit the look-ahead. */
+int64_t ms_limit(const double *r_prev, int64_t r0, const float *env, int64_t m, int64_t silence, float ceiling,
+                 double ceiling_db, double *r, double *holds, int64_t h0, int64_t width, int look, int b1, int b2,
+                 double released, double a, double snap, const float *delay, int ch, float *out, double *u_last,
+                 double *scratch, int64_t *dq)
+{
+    const int64_t R = r0 + m + silence;
+    memcpy(r, r_prev, (size_t)r0 * sizeof *r);
+    for (int64_t j = 0; j < m; j++) r[r0 + j] = env[j] > ceiling ? 20.0 * log10((double)env[j]) - ceiling_db : 0.0;
+    for (int64_t j = r0 + m; j < R; j++) r[j] = 0.0;
+    const int64_t n_hold = R - width + 1 > 0 ? R - width + 1 : 0, hn = h0 + n_hold, n = hn - look;
+    const float scale = -0.11512925464970229f;  /* -ln(10) / 20 */
+    if (b1 < 1 || b2 < 1 || b1 + b2 != look + 2) return INT64_MIN;
+    for (int64_t i = h0; i < hn; i++) holds[i] = 0.0;
+    int64_t lo = 0, hi = R - 1;
+    while (lo < R && r[lo] == 0.0) lo++;
+    while (hi >= lo && r[hi] == 0.0) hi--;
+    if (lo <= hi) {  /* holds h = i - width + 1 take r[h .. h + width - 1]: nonzero only for lo - width + 1 <= h <= hi */
+        int64_t head = 0, tail = 0;  /* indices of r whose values decrease: the window's max first */
+        const int64_t first = lo - width + 1 > 0 ? lo - width + 1 : 0;
+        const int64_t last = hi + width - 1 < R - 1 ? hi + width - 1 : R - 1;
+        for (int64_t i = first; i <= last; i++) {
+            while (tail > head && r[dq[tail - 1]] <= r[i]) tail--;
+            dq[tail++] = i;
+            if (dq[head] <= i - width) head++;
+            if (i >= width - 1) holds[h0 + i - width + 1] = r[dq[head]];
+        }
+    }
+    if (n <= 0) return n;
+    /* outputs q0 .. q1 read nonzero holds (q reads holds q .. q + look) */
+    int64_t f = 0, l = hn - 1;
+    while (f < hn && holds[f] == 0.0) f++;
+    while (l >= f && holds[l] == 0.0) l--;
+    int64_t q0 = n, q1 = n - 1;
+    const double *attack = NULL;
+    if (f <= l) {
+        q0 = f - look > 0 ? f - look : 0;
+        q1 = l < n - 1 ? l : n - 1;
+        if (q0 <= q1) {
+            const int64_t span = q1 + look + 1 - q0;  /* holds q0 .. q1 + look */
+            double *first = scratch, *total = scratch + (span + 1);
+            ms_moving_average(holds + q0, span, b1, first, first);
+            ms_moving_average(first, span - b1 + 1, b2, total, total);
+            attack = total - q0;  /* attack[q] for q0 <= q <= q1 */
+        } else {
+            q0 = n, q1 = n - 1;
+        }
+    }
+    double prev = released, v = 0.0;
+    int64_t k = 0;
+    while (k < n) {
+        const int in_span = k >= q0 && k <= q1;
+        const int64_t stop = in_span ? q1 + 1 : (k < q0 ? q0 : n);
+        if (!in_span && !(prev > snap)) {  /* a free decay under the snap threshold: gain 1 to the stop */
+            const int64_t count = stop - k;
+            for (int64_t i = k * ch; i < stop * ch; i++) out[i] = delay[i];
+            v = prev * pow(a, (double)(count - 1));
+            prev = a * v;
+            k = stop;
+            continue;
+        }
+        for (; k < stop; k++) {
+            const double att = in_span ? attack[k] : 0.0;
+            v = att > prev ? att : prev;
+            prev = a * v;
+            const float *x = delay + k * ch;
+            float *y = out + k * ch;
+            if (v > snap) {
+                const float g = expf((float)v * scale);
+                for (int c = 0; c < ch; c++) y[c] = x[c] * g;
+            } else {
+                for (int c = 0; c < ch; c++) y[c] = x[c];
+            }
+            if (!in_span && !(prev > snap)) { k++; break; }
+        }
+    }
+    *u_last = v;
+    return n;
 }
 
 /* One block of the unmastered mix (mindscript/master.py Mixer.block), n stereo frames into out (n x 2):

@@ -111,6 +111,37 @@ def test_true_peak_envelope_matches_the_fft_interpolator() -> None:
     assert truepeak.true_peak_dbtp(y, SR) == pytest.approx(-6.02, abs=0.02)
 
 
+@pytest.mark.parametrize("floor_db", [-12.0, -3.0, 0.0])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_true_peak_envelope_with_a_floor_matches_numpy_over_it(floor_db: float, channels: int) -> None:
+    """With a floor (the limiter's ceiling) both skip windows that provably stay under it: every value over the
+    floor is the same, and every skipped one is at most the floor."""
+    x = program(8.0, channels) * np.float32(1.6)
+    floor = 10 ** (floor_db / 20)
+    # a second of fs/8 whose crests fall between samples: 5 % over the floor, its samples 0.69 dB lower, under it
+    t = np.arange(SR)
+    x[SR:2 * SR] = (1.05 * floor * np.cos(np.pi / 4 * t + np.pi / 8)).astype(np.float32)[:, None]
+
+    def env() -> np.ndarray:
+        state, parts = truepeak.truepeak_init(channels), []
+        for i in range(0, len(x), 44_101):
+            e, state = truepeak.oversampled_peaks(state, x[i:i + 44_101], floor=floor)
+            parts.append(e)
+        return np.concatenate(parts + [truepeak.truepeak_flush(state)[0]])
+
+    native, reference = both(env)
+    head, state = truepeak.oversampled_peaks(truepeak.truepeak_init(channels), x)  # no floor: every window
+    exact = np.concatenate([head, truepeak.truepeak_flush(state)[0]])
+    assert native.shape == reference.shape == (len(x),)
+    over = reference > floor
+    assert 100 < over.sum() < len(x)  # some windows over the floor, some skipped
+    np.testing.assert_array_equal(native > floor, over)
+    np.testing.assert_allclose(native[over], reference[over], rtol=2e-6)
+    np.testing.assert_allclose(native[over], exact[over], rtol=2e-6)
+    assert over[SR + 100:2 * SR - 100].sum() > SR // 8 and np.abs(x[SR:2 * SR]).max() < floor  # between samples
+    assert np.all(native[~over] <= floor) and np.all(native <= exact * (1 + 2e-6))
+
+
 @pytest.mark.parametrize("ceiling", [-6.0, -1.0, 6.0])
 def test_limiter_output_matches_the_numpy_limiter(ceiling: float) -> None:
     x = program(12.0)
