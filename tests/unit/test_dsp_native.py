@@ -142,6 +142,26 @@ def test_true_peak_envelope_with_a_floor_matches_numpy_over_it(floor_db: float, 
     assert np.all(native[~over] <= floor) and np.all(native <= exact * (1 + 2e-6))
 
 
+@pytest.mark.parametrize("sizes", [[65536], [1000, 31, 70001]])
+def test_streaming_true_peak_matches_numpy(sizes: list[int]) -> None:
+    x = program(6.0)
+    t = np.arange(SR)
+    fade = np.minimum(1.0, np.minimum(t, t[::-1]) / (0.1 * SR))  # faded: a cut would ring in the interpolator
+    x[SR:2 * SR, 1] = (1.9 * fade * np.cos(np.pi / 4 * t + np.pi / 8)).astype(np.float32)  # crests between samples
+
+    def peak() -> float:
+        state, pos, i = truepeak.truepeak_init(2), 0, 0
+        while pos < len(x):
+            state = truepeak.truepeak_update(state, x[pos:pos + sizes[i % len(sizes)]])
+            pos, i = pos + sizes[i % len(sizes)], i + 1
+        return truepeak.truepeak_db(state)
+
+    native, reference = both(peak)
+    assert native == pytest.approx(reference, abs=1e-5)
+    assert native == pytest.approx(20 * np.log10(1.9), abs=0.01)  # 0.69 dB over the sample peak
+    assert 20 * np.log10(np.abs(x).max()) < native - 0.5
+
+
 @pytest.mark.parametrize("ceiling", [-6.0, -1.0, 6.0])
 def test_limiter_output_matches_the_numpy_limiter(ceiling: float) -> None:
     x = program(12.0)
