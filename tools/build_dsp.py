@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "native" / "dsp"
 DEFAULT_OUT = ROOT / "mindscript" / "_native" / "libmsdsp.so"
 # what mindscript/dsp/_native.py calls; a library without one of these is not used
-REQUIRED = ("ms_abi_version", "ms_kweight", "ms_interp_max", "ms_release", "ms_mix")
+REQUIRED = ("ms_abi_version", "ms_kweight", "ms_envelope", "ms_limit", "ms_mix", "ms_crc16")
 FALLBACK = "the DSP kernels run in numpy"
 
 

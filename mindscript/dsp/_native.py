@@ -19,19 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LIBRARY", "crc16", "envelope", "interp_max", "kernels", "kweight", "lib", "limit", "mix", "release"]
+__all__ = ["LIBRARY", "crc16", "envelope", "kernels", "kweight", "lib", "limit", "mix"]
 
 log = logging.getLogger(__name__)
 
 #: written by tools/build_dsp.py (make setup); absent where no C compiler was found
 LIBRARY = Path(__file__).resolve().parent.parent / "_native" / "libmsdsp.so"
-_ABI = 3
+_ABI = 4
 _P, _I64, _INT, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
 _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ms_abi_version": (_INT, []),
     "ms_kweight": (None, [_P, _I64, _INT, _P, _P, _P, _I64, _P, _P, _P]),
-    "ms_interp_max": (_INT, [_P, _I64, _INT, _P, _I64, _INT, _P, _P]),
-    "ms_release": (_I64, [_P, _I64, _INT, _INT, _D, _D, _P, _P]),
     "ms_mix": (None, [_P, _I64, _P, ctypes.c_float, _P, _P, _INT, _P, _P]),
     "ms_crc16": (ctypes.c_uint32, [_P, _I64, ctypes.c_uint32]),
     "ms_envelope": (ctypes.c_float, [_P, _I64, _INT, _INT] + [ctypes.c_float] * 5 + [_P, _P, _P]),
@@ -114,17 +112,6 @@ def kweight(x: np.ndarray, sos: np.ndarray, zi: np.ndarray, bounds: np.ndarray,
     return sums, tail, np.ascontiguousarray(np.swapaxes(state, 0, 1))
 
 
-def interp_max(rows: np.ndarray, windows: np.ndarray, step: int, taps: np.ndarray) -> np.ndarray:
-    """Max over channels and phases of ``|FIR|`` for ``step`` outputs per window (see msdsp.c)."""
-    lib = _lib()
-    rows = np.ascontiguousarray(rows, dtype=np.float32)
-    w = np.ascontiguousarray(windows, dtype=np.int64)
-    out = np.empty((len(w), step), dtype=np.float32)
-    if lib.ms_interp_max(_ptr(rows), rows.shape[1], rows.shape[0], _ptr(w), len(w), step, _ptr(taps), _ptr(out)):
-        raise ValueError(f"step must be within 1..2048, got {step}")
-    return out
-
-
 def envelope(rows: np.ndarray, step: int, floor: float, bounds: tuple[float, float, float, float],
              taps: np.ndarray) -> tuple[np.ndarray, float]:
     """The true-peak envelope of ``rows`` ``(channels, n)`` with a floor, and its max (see msdsp.c).
@@ -139,7 +126,7 @@ def envelope(rows: np.ndarray, step: int, floor: float, bounds: tuple[float, flo
     top = lib.ms_envelope(_ptr(rows), n, channels, step, float(floor), *map(float, bounds), _ptr(taps), _ptr(env),
                           _ptr(scratch))
     if top < 0:
-        raise ValueError(f"step must be within 1..2048 and channels within 1..8, got {step} and {channels}")
+        raise ValueError(f"step must be within 1..2048, got {step}")
     return env, float(top)
 
 
@@ -171,17 +158,6 @@ def limit(required: np.ndarray, env: np.ndarray, silence: int, holds: np.ndarray
     if got != n:
         raise ValueError(f"averages of {b1} and {b2} do not span a look-ahead of {look} frames")
     return out, r, all_holds, (u_last.value if n > 0 else None)
-
-
-def release(history: np.ndarray, b1: int, b2: int, released: float, a: float) -> np.ndarray:
-    """Attack (two moving averages) and release recursion over ``history`` (dB); see msdsp.c."""
-    lib = _lib()
-    h = np.ascontiguousarray(history, dtype=np.float64)
-    u = np.empty(max(0, len(h) - b1 - b2 + 2), dtype=np.float64)
-    scratch = np.empty(2 * (len(h) + 1), dtype=np.float64)
-    if lib.ms_release(_ptr(h), len(h), b1, b2, released, a, _ptr(u), _ptr(scratch)) != len(u):
-        raise ValueError(f"a span of {len(h)} holds is shorter than averages of {b1} and {b2}")
-    return u
 
 
 def _f32(a: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:

@@ -304,22 +304,16 @@ def _advance(
         b2 = lookahead + 2 - b1
         g0 = 0 if _release_tail(state.log_reduction, log_a, q0) else q0
         seed = state.log_reduction + (q0 + 1) * log_a  # the freely released reduction at q0
-        if _native.lib is not None:
-            # the same recursion in the linear domain, in C (the averages bit for bit numpy's below)
-            span = np.full(q1 + 1 - q0, -np.inf)
-            u = _native.release(history, b1, b2, math.exp(seed), math.exp(log_a))
-            np.log(u, out=span, where=u > 0.0)
-        else:
-            attack = _moving_average(_moving_average(history, b1), b2)
-            # Release: u[k] = max(attack[k], a u[k-1]) as a running max in the log domain, seeded with the
-            # freely released reduction at q0 - 1.
-            k_log_a = np.arange(attack.shape[0], dtype=np.float64) * log_a
-            trend = np.full(attack.shape[0] + 1, -np.inf)
-            trend[0] = seed
-            np.log(attack, out=trend[1:], where=attack > 0.0)  # ln 0 stays -inf (no reduction there)
-            trend[1:] -= k_log_a
-            np.maximum.accumulate(trend, out=trend)
-            span = trend[1:] + k_log_a
+        attack = _moving_average(_moving_average(history, b1), b2)
+        # Release: u[k] = max(attack[k], a u[k-1]) as a running max in the log domain, seeded with the
+        # freely released reduction at q0 - 1.
+        k_log_a = np.arange(attack.shape[0], dtype=np.float64) * log_a
+        trend = np.full(attack.shape[0] + 1, -np.inf)
+        trend[0] = seed
+        np.log(attack, out=trend[1:], where=attack > 0.0)  # ln 0 stays -inf (no reduction there)
+        trend[1:] -= k_log_a
+        np.maximum.accumulate(trend, out=trend)
+        span = trend[1:] + k_log_a
         log_end = float(span[-1])
         g1 = q1 + 1 + _release_tail(log_end, log_a, n - 1 - q1)
         log_u = np.empty(g1 - g0, dtype=np.float64)

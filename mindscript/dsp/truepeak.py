@@ -200,8 +200,6 @@ def _interpolated(rows: np.ndarray, windows: np.ndarray) -> np.ndarray:
 
     ``rows`` is ``(channels, n)`` float32 padded with zeros so that every window has NFFT frames.
     """
-    if _native.lib is not None:  # the same values by direct convolution (float32, ~3e-7 relative)
-        return _native.interp_max(rows, windows, _STEP, _TAPS32)
     channels = rows.shape[0]
     frames = sliding_window_view(rows, _NFFT, axis=-1)
     out = np.empty((windows.shape[0], _STEP), dtype=np.float32)
@@ -234,7 +232,7 @@ def _envelope(rows: np.ndarray, floor: float = 0.0) -> np.ndarray:
     of the three interpolated values after it. Where the interpolated values provably cannot exceed
     ``floor``, only phase 0 is taken (a lower bound of the true value, which is itself <= ``floor``).
     """
-    if _native.lib is not None and rows.shape[0] <= 8:  # the same envelope in one pass, in C
+    if _native.lib is not None:  # the same envelope in one pass, in C
         return _native.envelope(rows, _STEP, floor, _BOUNDS, _TAPS32)[0]
     m = rows.shape[1] - (_TAPS - 1)
     a = _frame_peaks(rows)
@@ -253,7 +251,7 @@ def _envelope(rows: np.ndarray, floor: float = 0.0) -> np.ndarray:
 
 def _envelope_max(rows: np.ndarray, floor: float) -> float:
     """``max(floor, max of the envelope of rows)``, interpolating only windows that could exceed it."""
-    if _native.lib is not None and rows.shape[0] <= 8:  # the envelope in C, with the floor: the same maximum
+    if _native.lib is not None:  # the envelope in C, with the floor: the same maximum
         return max(floor, _native.envelope(rows, _STEP, floor, _BOUNDS, _TAPS32)[1])
     m = rows.shape[1] - (_TAPS - 1)
     a = _frame_peaks(rows)

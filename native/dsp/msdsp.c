@@ -10,7 +10,7 @@
 #include <stdint.h>
 #include <string.h>
 
-int ms_abi_version(void) { return 3; }
+int ms_abi_version(void) { return 4; }
 
 /* One biquad (transposed direct form II, as scipy's sosfilt) on v, state z0/z1; result in y. */
 #define MS_BIQUAD(v, y, b0, b1, b2, a1, a2, z0, z1) do { \
@@ -97,16 +97,11 @@ void ms_kweight(const float *x, int64_t n, int ch, const double *sos, double *zi
 #define MS_TAPS 32
 #define MS_PHASES 3
 #define MS_MAX_STEP 2048
-#define MS_MAX_CH 8
+#define MS_GROUP 8  /* channels interpolated together (their window pointers live on the stack) */
 
-/* True-peak interpolation (phases 1-3 of the 4x polyphase FIR, float32) of the given windows.
- *
- * rows: ch rows of `stride` float32 frames. For window w and output v (0 <= v < step):
- *   out[w * step + v] = max over channels c and phases p of |sum_t taps[p][t] * rows[c][windows[w] * step + v + t]|
- * which is what mindscript/dsp/truepeak.py's overlap-save FFTs give (to float32 rounding). Returns -1 when
- * step is over MS_MAX_STEP, else 0. */
-/* Phases 1-3 of `step` outputs from ch channel pointers (each reading step + 31 frames): raises o[v] to the max
- * over channels and phases of |FIR|. */
+/* Phases 1-3 of the 4x polyphase FIR (float32, the taps of mindscript/dsp/truepeak.py) for `step` outputs from
+ * ch channel pointers, each reading step + 31 frames: raises o[v] to the max over channels and phases of |y|,
+ * what truepeak.py's overlap-save FFTs give (to float32 rounding). */
 static void ms_interp_window(const float *const *base, int ch, int step, const float *taps, float *o)
 {
     float acc[MS_MAX_STEP];
@@ -127,30 +122,6 @@ static void ms_interp_window(const float *const *base, int ch, int step, const f
     }
 }
 
-int ms_interp_max(const float *rows, int64_t stride, int ch, const int64_t *windows, int64_t nw, int step,
-                  const float *taps, float *out)
-{
-    const float *base[MS_MAX_CH];
-    if (step <= 0 || step > MS_MAX_STEP) return -1;
-    for (int64_t w = 0; w < nw; w++) {
-        float *o = out + w * step;
-        for (int v = 0; v < step; v++) o[v] = 0.0f;
-        for (int c0 = 0; c0 < ch; c0 += MS_MAX_CH) {
-            const int k = ch - c0 < MS_MAX_CH ? ch - c0 : MS_MAX_CH;
-            for (int c = 0; c < k; c++) base[c] = rows + (c0 + c) * stride + windows[w] * step;
-            ms_interp_window(base, k, step, taps, o);
-        }
-    }
-    return 0;
-}
-
-/* The true-peak envelope with a floor (mindscript/dsp/truepeak.py _envelope): rows holds ch rows of `stride`
- * float32 frames (31 of history, then the block), m = stride - 31 outputs. env[j] is the max over channels of
- * |rows[c][j + 15]| (phase 0), raised to the interpolated phases' max in every window of `step` outputs whose
- * bound could exceed `floor` (every window when floor <= 0): the L1 bound l1 * max|x|, then, where that does
- * not settle it, (max|x| * slope2 + curve * max|d2x|) * margin, both over the frames the window reads (zeros
- * past the rows). a: `stride` floats of scratch. Returns the max of env (0 when m is 0), or -1 for a bad step
- * or channel count. */
 /* The largest of n non-negative floats (0 for none), by their bit patterns: non-negative floats order as their
  * unsigned integers, and an integer maximum vectorizes where a float one (NaN rules) does not. */
 static float ms_max_nonneg(const float *x, int64_t n)
@@ -166,13 +137,27 @@ static float ms_max_nonneg(const float *x, int64_t n)
     return out;
 }
 
+/* The `span` frames of `row` (`stride` long) from w0: the row itself, or past its end a copy in pad with zeros. */
+static const float *ms_window(const float *row, int64_t stride, int64_t w0, int64_t span, float *pad)
+{
+    if (w0 + span <= stride) return row + w0;
+    for (int64_t t = 0; t < span; t++) pad[t] = w0 + t < stride ? row[w0 + t] : 0.0f;
+    return pad;
+}
+
+/* The true-peak envelope with a floor (mindscript/dsp/truepeak.py _envelope): rows holds ch rows of `stride`
+ * float32 frames (31 of history, then the block), m = stride - 31 outputs. env[j] is the max over channels of
+ * |rows[c][j + 15]| (phase 0), raised to the interpolated phases' max in every window of `step` outputs whose
+ * bound could exceed `floor` (every window when floor <= 0): the L1 bound l1 * max|x|, then, where that does
+ * not settle it, (max|x| * slope2 + curve * max|d2x|) * margin, both over the frames the window reads (zeros
+ * past the rows). a: `stride` floats of scratch. Returns the max of env (0 when m is 0), or -1 for a bad step. */
 float ms_envelope(const float *rows, int64_t stride, int ch, int step, float floor_, float l1, float slope2,
                   float curve, float margin, const float *taps, float *env, float *a)
 {
     const int64_t m = stride - (MS_TAPS - 1), span = step + MS_TAPS - 1;
-    float pad[MS_MAX_CH][MS_MAX_STEP + MS_TAPS], vals[MS_MAX_STEP], d2[MS_MAX_STEP + MS_TAPS];
-    const float *base[MS_MAX_CH];
-    if (step <= 0 || step > MS_MAX_STEP || ch < 1 || ch > MS_MAX_CH) return -1.0f;
+    float pad[MS_GROUP][MS_MAX_STEP + MS_TAPS], vals[MS_MAX_STEP], d2[MS_MAX_STEP + MS_TAPS];
+    const float *base[MS_GROUP];
+    if (step <= 0 || step > MS_MAX_STEP || ch < 1) return -1.0f;
     if (m <= 0) return 0.0f;
     for (int64_t j = 0; j < stride; j++) a[j] = fabsf(rows[j]);
     for (int c = 1; c < ch; c++) {
@@ -184,21 +169,13 @@ float ms_envelope(const float *rows, int64_t stride, int ch, int step, float flo
     }
     memcpy(env, a + MS_TAPS / 2 - 1, (size_t)m * sizeof *env);
     for (int64_t w0 = 0; w0 < m; w0 += step) {
-        const int64_t end = w0 + span < stride ? w0 + span : stride;  /* frames past the rows read as 0 */
-        for (int c = 0; c < ch; c++) {
-            if (w0 + span <= stride) {
-                base[c] = rows + c * stride + w0;
-            } else {
-                for (int64_t t = 0; t < span; t++) pad[c][t] = w0 + t < stride ? rows[c * stride + w0 + t] : 0.0f;
-                base[c] = pad[c];
-            }
-        }
         if (floor_ > 0.0f) {
+            const int64_t end = w0 + span < stride ? w0 + span : stride;  /* frames past the rows read as 0 */
             const float peak = ms_max_nonneg(a + w0, end - w0);
             if (!(peak * l1 > floor_)) continue;
             float bend = 0.0f;
             for (int c = 0; c < ch; c++) {
-                const float *x = base[c];
+                const float *x = ms_window(rows + c * stride, stride, w0, span, pad[0]);
                 for (int64_t t = 0; t + 2 < span; t++) d2[t] = fabsf(((x[t + 2] + x[t]) - x[t + 1]) - x[t + 1]);
                 const float b = ms_max_nonneg(d2, span - 2);
                 bend = b > bend ? b : bend;
@@ -206,7 +183,11 @@ float ms_envelope(const float *rows, int64_t stride, int ch, int step, float flo
             if (!((peak * slope2 + curve * bend) * margin > floor_)) continue;
         }
         for (int v = 0; v < step; v++) vals[v] = 0.0f;
-        ms_interp_window(base, ch, step, taps, vals);
+        for (int c0 = 0; c0 < ch; c0 += MS_GROUP) {
+            const int k = ch - c0 < MS_GROUP ? ch - c0 : MS_GROUP;
+            for (int c = 0; c < k; c++) base[c] = ms_window(rows + (c0 + c) * stride, stride, w0, span, pad[c]);
+            ms_interp_window(base, k, step, taps, vals);
+        }
         for (int v = 0; v < step && w0 + v < m; v++) env[w0 + v] = vals[v] > env[w0 + v] ? vals[v] : env[w0 + v];
     }
     return ms_max_nonneg(env, m);
@@ -222,36 +203,15 @@ static void ms_moving_average(const double *x, int64_t n, int w, double *total, 
     for (int64_t q = 0; q + w <= n; q++) out[q] = (total[q + w] - total[q]) / (double)w;
 }
 
-/* The limiter's attack and release over one span of held reductions (dB), mindscript/dsp/limiter.py:
- * attack = two moving averages of widths b1 and b2 of history[0 .. h - 1] (m = h - b1 - b2 + 2 values),
- * then u[k] = max(attack[k], a * u[k - 1]) with a * u[-1] = released (the reduction the free release
- * reaches at the span's first frame). Writes u[0 .. m - 1]; scratch holds 2 * (h + 1) doubles. Returns m,
- * or -1 when the span is shorter than the two averages. */
-int64_t ms_release(const double *history, int64_t h, int b1, int b2, double released, double a, double *u,
-                   double *scratch)
-{
-    const int64_t n1 = h - b1 + 1, m = n1 - b2 + 1;
-    if (b1 < 1 || b2 < 1 || m < 1) return -1;
-    double *first = scratch, *total = scratch + (h + 1);
-    ms_moving_average(history, h, b1, first, first);
-    ms_moving_average(first, n1, b2, total, u);
-    double prev = released;
-    for (int64_t k = 0; k < m; k++) {
-        const double v = u[k] > prev ? u[k] : prev;
-        u[k] = v;
-        prev = a * v;
-    }
-    return m;
-}
-
 /* The limiter's gain computer and output for one call (mindscript/dsp/limiter.py _advance), in one pass.
  *
- * r (R = r0 + m + silence doubles, written): the required reductions (dB): the r0 the state held (r_prev), then
- * for each of this call's m envelope values 20 log10(env) - ceiling_db where env > ceiling (else 0), then
- * `silence` zeros (the stream's end). holds: the h0 held reductions of the state, then room for n_hold = max(R - width + 1, 0) more, each the
- * max of r over a window of `width`. The attack is two moving averages (widths b1 and b2, b1 + b2 = look + 2)
- * of the holds; u[k] = max(attack[k], a u[k - 1]) with a u[-1] = released. The n = h0 + n_hold - look output
- * frames are delay (n x ch float32) times 10^(-u/20) in float32, exactly delay where u <= snap.
+ * r (R = r0 + m + silence doubles, written): the required reductions (dB): the r0 the state held (r_prev),
+ * then for each of this call's m envelope values 20 log10(env) - ceiling_db where env > ceiling (else 0), then
+ * `silence` zeros (the stream's end). holds: the h0 held reductions of the state, then room for
+ * n_hold = max(R - width + 1, 0) more, each the max of r over a window of `width`. The attack is two moving
+ * averages (widths b1 and b2, b1 + b2 = look + 2) of the holds; u[k] = max(attack[k], a u[k - 1]) with
+ * a u[-1] = released. The n = h0 + n_hold - look output frames are delay (n x ch float32) times 10^(-u/20) in
+ * float32, exactly delay where u <= snap.
  * As in the numpy code, holds and averages are computed over the one span where they can be nonzero (the
  * averages with the same running sums, so bit for bit), the release over the rest is the free decay, and
  * frames whose reduction is under `snap` are copied.
@@ -263,17 +223,17 @@ int64_t ms_limit(const double *r_prev, int64_t r0, const float *env, int64_t m, 
                  double *scratch, int64_t *dq)
 {
     const int64_t R = r0 + m + silence;
+    if (b1 < 1 || b2 < 1 || b1 + b2 != look + 2) return INT64_MIN;
     memcpy(r, r_prev, (size_t)r0 * sizeof *r);
     for (int64_t j = 0; j < m; j++) r[r0 + j] = env[j] > ceiling ? 20.0 * log10((double)env[j]) - ceiling_db : 0.0;
     for (int64_t j = r0 + m; j < R; j++) r[j] = 0.0;
     const int64_t n_hold = R - width + 1 > 0 ? R - width + 1 : 0, hn = h0 + n_hold, n = hn - look;
     const float scale = -0.11512925464970229f;  /* -ln(10) / 20 */
-    if (b1 < 1 || b2 < 1 || b1 + b2 != look + 2) return INT64_MIN;
     for (int64_t i = h0; i < hn; i++) holds[i] = 0.0;
     int64_t lo = 0, hi = R - 1;
     while (lo < R && r[lo] == 0.0) lo++;
     while (hi >= lo && r[hi] == 0.0) hi--;
-    if (lo <= hi) {  /* holds h = i - width + 1 take r[h .. h + width - 1]: nonzero only for lo - width + 1 <= h <= hi */
+    if (lo <= hi) {  /* hold h takes r[h .. h + width - 1]: nonzero only for lo - width + 1 <= h <= hi */
         int64_t head = 0, tail = 0;  /* indices of r whose values decrease: the window's max first */
         const int64_t first = lo - width + 1 > 0 ? lo - width + 1 : 0;
         const int64_t last = hi + width - 1 < R - 1 ? hi + width - 1 : R - 1;

@@ -112,7 +112,7 @@ def test_true_peak_envelope_matches_the_fft_interpolator() -> None:
 
 
 @pytest.mark.parametrize("floor_db", [-12.0, -3.0, 0.0])
-@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("channels", [1, 2, 10])  # 10: the C kernel interpolates 8 channels at a time
 def test_true_peak_envelope_with_a_floor_matches_numpy_over_it(floor_db: float, channels: int) -> None:
     """With a floor (the limiter's ceiling) both skip windows that provably stay under it: every value over the
     floor is the same, and every skipped one is at most the floor."""
@@ -192,11 +192,6 @@ def test_crc16_matches_the_numpy_crc_and_continues(size: int) -> None:
     assert native == reference
     cut = size // 3
     assert both(lambda: mp3frames.crc16(data[cut:], mp3frames.crc16(data[:cut])))[0] == mp3frames.crc16(data)
-
-
-def test_release_rejects_a_span_shorter_than_the_averages() -> None:
-    with pytest.raises(ValueError, match="shorter than averages of 8 and 8"):
-        _native.release(np.ones(10), 8, 8, 0.0, 0.99)
 
 
 def _kernels_in_child(value: str) -> subprocess.CompletedProcess[str]:
