@@ -8,7 +8,7 @@ The lameenc wheel's LAME is built for any x86-64 CPU without LAME's SSE code; th
 ``-O3``, -ffast-math's optimizations (not the flag: see flags()), ``-march=native`` and LAME's SSE paths
 (init_xrpow, the FFT) encode the benchmark's 10 minutes in ~5.0 s of CPU instead of ~6.4 s here
 (bench/RESULTS.md), same settings, same bitrate. Where the CPU has AVX2, LAME's quantization loop
-(takehiro.c) runs in an AVX2 form of ours that gives the same bits. mindscript/lame.py prefers this library
+and Huffman bit counters (takehiro.c) run in AVX2 forms of ours that give the same bits. mindscript/lame.py prefers this library
 and otherwise uses the wheel's, so a machine without a C compiler still renders: the build then says why it
 was skipped and exits 0 (``--strict``: exit 1).
 
@@ -78,8 +78,7 @@ def check(path: Path, required: tuple[str, ...] = REQUIRED) -> str | None:
 
 def build(out: Path, *, force: bool = False, defines: tuple[str, ...] = ()) -> tuple[bool, str]:
     """(built or up to date, what happened). ``defines`` (``NAME`` or ``NAME=value``) are passed as ``-D``:
-    ``MS_SCALAR_QUANTIZE`` builds the release's quantization loop instead of its AVX2 form (the tests
-    compare the two)."""
+    ``MS_SCALAR`` builds the release's loops instead of their AVX2 forms (the tests compare the two)."""
     extra = [f"-D{d}" for d in defines]
     return build_library(out, files=sources(), headers=sorted(SOURCE.rglob("*.h")),
                          flags=lambda march: [*flags(march), *extra], required=REQUIRED,

@@ -34,6 +34,14 @@
 #include "quantize_pvt.h"
 #include "tables.h"
 
+/* mindscript: AVX2 forms of the hottest loops (native/lame/README.md), compiled where the build's -march has
+ * AVX2. Each does the same operations as the release's loop or sums the same integers, so the encoded bytes
+ * are the same; MS_SCALAR builds the release's loops (tests/unit/test_lame_build.py compares the two). */
+#if defined(__AVX2__) && !defined(MS_SCALAR)
+#define MS_AVX2 1
+#include <immintrin.h>
+#endif
+
 
 static const struct {
     const int region0_count;
@@ -141,12 +149,10 @@ typedef union {
 #define MAGIC_INT 0x4b000000
 
 
-#if defined(__AVX2__) && !defined(MS_SCALAR_QUANTIZE)
-/* mindscript: the loop below, eight lines at a time with AVX2 (tools/build_lame.py builds for the CPU that
- * renders). The same operations in the same precision: the product in float, the magic-number rounding and
- * the adj43asm correction in double, each result rounded to float, so the quantized values are bit for bit
- * the scalar loop's. MS_SCALAR_QUANTIZE builds the release's loop. */
-#include <immintrin.h>
+#ifdef MS_AVX2
+/* mindscript: the loop below, eight lines at a time. The same operations in the same precision: the product
+ * in float, the magic-number rounding and the adj43asm correction in double, each result rounded to float,
+ * so the quantized values are bit for bit the scalar loop's. */
 
 static void
 quantize_lines_xrpow(unsigned int l, FLOAT istep, const FLOAT * xp, int *pi)
@@ -240,7 +246,7 @@ quantize_lines_xrpow(unsigned int l, FLOAT istep, const FLOAT * xp, int *pi)
 
 }
 
-#endif /* __AVX2__ */
+#endif /* MS_AVX2 */
 
 
 #else
@@ -483,6 +489,52 @@ ix_max(const int *ix, const int *end)
 }
 
 
+#ifdef MS_AVX2
+/* mindscript: the pair loops of the bit counters below, eight (x, y) pairs at a time. A count is a sum of
+ * table entries, and unsigned sums modulo 2^32 do not depend on their order, so each counter returns what
+ * the release's loop returns. Each vector loop leaves at least one pair to the release's do-while loop. */
+
+/* the even (x) and odd (y) ints of ix[0..15], pair for pair: x = ix0 ix2 ix8 ix10 ix4 ix6 ix12 ix14 */
+static inline void
+ms_pairs(const int *ix, __m256i * x, __m256i * y)
+{
+    __m256 const a = _mm256_castsi256_ps(_mm256_loadu_si256((const __m256i *) ix));
+    __m256 const b = _mm256_castsi256_ps(_mm256_loadu_si256((const __m256i *) (ix + 8)));
+    *x = _mm256_castps_si256(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
+    *y = _mm256_castps_si256(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+static inline unsigned int
+ms_hsum(__m256i v)
+{
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return (unsigned int) _mm_cvtsi128_si32(s);
+}
+
+/* count_bit_noESC_from3's three tables t, t+1, t+2 (t = 7, 10, 13; the three share t's xlen) in one: their
+ * hlen bytes packed 10 bits apart, so one gather fetches all three */
+static uint32_t ms_hlen3[6 * 6 + 8 * 8 + 16 * 16];
+
+static void __attribute__ ((constructor))
+ms_pack_hlen3(void)
+{
+    static const int firsts[3] = { 7, 10, 13 };
+    uint32_t *out = ms_hlen3;
+    int     i, k;
+
+    for (k = 0; k < 3; k++) {
+        int const t = firsts[k];
+        int const n = ht[t].xlen * ht[t].xlen;
+        for (i = 0; i < n; i++)
+            out[i] = ht[t].hlen[i] | (uint32_t) ht[t + 1].hlen[i] << 10 | (uint32_t) ht[t + 2].hlen[i] << 20;
+        out += n;
+    }
+}
+#endif /* MS_AVX2 */
+
+
 
 
 
@@ -496,6 +548,25 @@ count_bit_ESC(const int *ix, const int *const end, int t1, const int t2, unsigne
     unsigned int const linbits = ht[t1].xlen * 65536u + ht[t2].xlen;
     unsigned int sum = 0, sum2;
 
+#ifdef MS_AVX2
+    if (end - ix > 16) {
+        __m256i const v15 = _mm256_set1_epi32(15);
+        __m256i acc = _mm256_setzero_si256(), escapes = _mm256_setzero_si256();
+        do {
+            __m256i x, y;
+            ms_pairs(ix, &x, &y);
+            /* x >= 15u: one more linbits (the compare's -1 subtracted), x = 15u */
+            escapes = _mm256_sub_epi32(escapes, _mm256_cmpeq_epi32(_mm256_max_epu32(x, v15), x));
+            escapes = _mm256_sub_epi32(escapes, _mm256_cmpeq_epi32(_mm256_max_epu32(y, v15), y));
+            x = _mm256_min_epu32(x, v15);
+            y = _mm256_min_epu32(y, v15);
+            acc = _mm256_add_epi32(acc, _mm256_i32gather_epi32((const int *) largetbl,
+                                                               _mm256_add_epi32(_mm256_slli_epi32(x, 4), y), 4));
+            ix += 16;
+        } while (end - ix > 16);
+        sum = ms_hsum(acc) + ms_hsum(escapes) * linbits;
+    }
+#endif
     do {
         unsigned int x = *ix++;
         unsigned int y = *ix++;
@@ -534,6 +605,20 @@ count_bit_noESC(const int *ix, const int *end, int mx, unsigned int *s)
     const uint8_t *const hlen1 = ht[1].hlen;
     (void) mx;
 
+#ifdef MS_AVX2
+    if (end - ix > 16) {
+        __m256i const table = _mm256_setr_epi32(hlen1[0], hlen1[1], hlen1[2], hlen1[3], 0, 0, 0, 0);
+        __m256i acc = _mm256_setzero_si256();
+        do {
+            __m256i x, y;
+            ms_pairs(ix, &x, &y);
+            acc = _mm256_add_epi32(acc, _mm256_permutevar8x32_epi32(table,
+                                                                    _mm256_add_epi32(_mm256_add_epi32(x, x), y)));
+            ix += 16;
+        } while (end - ix > 16);
+        sum1 = ms_hsum(acc);
+    }
+#endif
     do {
         unsigned int const x0 = *ix++;
         unsigned int const x1 = *ix++;
@@ -559,6 +644,20 @@ count_bit_noESC_from2(const int *ix, const int *end, int max, unsigned int *s)
     uint32_t const* table = (t1 == 2) ? &table23[0] : &table56[0];
     unsigned int sum = 0, sum2;
 
+#ifdef MS_AVX2
+    if (end - ix > 16) {
+        __m256i const vxlen = _mm256_set1_epi32((int) xlen);
+        __m256i acc = _mm256_setzero_si256();
+        do {
+            __m256i x, y;
+            ms_pairs(ix, &x, &y);
+            acc = _mm256_add_epi32(acc, _mm256_i32gather_epi32((const int *) table,
+                                                               _mm256_add_epi32(_mm256_mullo_epi32(x, vxlen), y), 4));
+            ix += 16;
+        } while (end - ix > 16);
+        sum = ms_hsum(acc);
+    }
+#endif
     do {
         unsigned int const x0 = *ix++;
         unsigned int const x1 = *ix++;
@@ -592,6 +691,25 @@ count_bit_noESC_from3(const int *ix, const int *end, int max, unsigned int * s)
     const uint8_t *const hlen3 = ht[t1 + 2].hlen;
     int     t;
 
+#ifdef MS_AVX2
+    if (end - ix > 16) {
+        uint32_t const *const packed = t1 == 7 ? ms_hlen3 : t1 == 10 ? ms_hlen3 + 6 * 6 : ms_hlen3 + 6 * 6 + 8 * 8;
+        __m256i const vxlen = _mm256_set1_epi32((int) xlen), m10 = _mm256_set1_epi32(0x3ff);
+        __m256i a1 = _mm256_setzero_si256(), a2 = _mm256_setzero_si256(), a3 = _mm256_setzero_si256();
+        do {
+            __m256i x, y, g;
+            ms_pairs(ix, &x, &y);
+            g = _mm256_i32gather_epi32((const int *) packed, _mm256_add_epi32(_mm256_mullo_epi32(x, vxlen), y), 4);
+            a1 = _mm256_add_epi32(a1, _mm256_and_si256(g, m10));
+            a2 = _mm256_add_epi32(a2, _mm256_and_si256(_mm256_srli_epi32(g, 10), m10));
+            a3 = _mm256_add_epi32(a3, _mm256_srli_epi32(g, 20));
+            ix += 16;
+        } while (end - ix > 16);
+        sum1 = ms_hsum(a1);
+        sum2 = ms_hsum(a2);
+        sum3 = ms_hsum(a3);
+    }
+#endif
     do {
         unsigned int x0 = *ix++;
         unsigned int x1 = *ix++;
