@@ -109,9 +109,16 @@ def _workers(tmp: Path, api_url: str, server: oas.OpenAIServer, scripts: dict[st
 def test_two_worker_processes_share_the_provider_limit(prefect_server: str, worker_env: Path,
                                                         global_limits: bool) -> None:
     """Two workers, TTS_CONCURRENCY_OPENAI=3 each: with the global limit the vendor never sees more than 3
-    requests at once while both render; without it (the control) it sees up to 6."""
-    n = 24
-    with GatedOpenAI(("alpha", "beta"), 10.0, api_key=OPENAI_KEY, seconds_per_char=0.002) as server:
+    requests at once while both render; without it (the control) it sees up to 6.
+
+    Only the control holds requests at the vendor until both workers have sent one. Under the global limit a
+    held request keeps its slot: the other worker is refused, and Prefect's server answers its retries with
+    a Retry-After that grows with the limit's average slot occupancy (the hold), so it could wait until the
+    first worker had finished. There each worker sends twice as many chunks instead, for its retries to land
+    while the other still renders."""
+    n = 48 if global_limits else 24
+    hold_s = 0.0 if global_limits else 10.0
+    with GatedOpenAI(("alpha", "beta"), hold_s, api_key=OPENAI_KEY, seconds_per_char=0.002) as server:
         server.delay_s = 0.5
         results = _workers(worker_env, prefect_server, server, {"alpha": _script("alpha", n),
                                                                 "beta": _script("beta", n)},
