@@ -35,10 +35,22 @@ class ChildRun:
     user_s: float
     sys_s: float
     peak_rss_mb: float
+    steal_s: float | None = None  # CPU time the hypervisor gave other guests meanwhile (all CPUs; Linux)
+
+
+def host_steal_s() -> float | None:
+    """The machine's steal time so far, summed over its CPUs (/proc/stat; None where there is none)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def run_child(args: list[str], *, env: dict[str, str] | None = None) -> ChildRun:
     """Run ``python args...`` from the project root and return its JSON line with its rusage."""
+    steal0 = host_steal_s()
     with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err)
@@ -55,8 +67,10 @@ def run_child(args: list[str], *, env: dict[str, str] | None = None) -> ChildRun
     lines = out.decode().strip().splitlines()
     if not lines:
         raise RuntimeError(f"{' '.join(args)} printed nothing")
+    steal1 = host_steal_s()
+    steal = None if steal0 is None or steal1 is None else round(steal1 - steal0, 2)
     return ChildRun(json.loads(lines[-1]), round(process_s, 3), round(ru.ru_utime, 3), round(ru.ru_stime, 3),
-                    round(ru.ru_maxrss / 1024, 1))
+                    round(ru.ru_maxrss / 1024, 1), steal)
 
 
 def ffmpeg_exe() -> str:

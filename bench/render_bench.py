@@ -164,6 +164,11 @@ def compare(duration_s: float, repeats: int, systems: tuple[str, ...]) -> str:
             "or imports); process: the whole child process; CPU and peak RSS: the child's process tree "
             "(wait4); LUFS and dBTP: ffmpeg's `ebur128=peak=true` on the delivered file (last run).", "",
             "Stage medians:", *notes]
+    if runs.get("render"):
+        body += ["", "This render, round by round (wall s / the process tree's user + sys CPU s / the host's steal "
+                 "time s, all CPUs, while it ran): " + ", ".join(
+                     f"{r.result['wall_s']:.2f} / {r.user_s + r.sys_s:.2f} / "
+                     f"{'-' if r.steal_s is None else f'{r.steal_s:.2f}'}" for r in runs["render"]) + "."]
     if base and runs.get("floor"):
         shares = [b / float(f.result["wall_s"]) for b, f in zip(base, runs["floor"], strict=True)]
         body += ["", "This render's wall over the one-core floor's, per round: median "

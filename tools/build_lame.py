@@ -7,10 +7,10 @@
 The lameenc wheel's LAME is built for any x86-64 CPU without LAME's SSE code; the same sources built with
 ``-O3``, -ffast-math's optimizations (not the flag: see flags()), ``-march=native`` and LAME's SSE paths
 (init_xrpow, the FFT) encode the benchmark's 10 minutes in ~5.0 s of CPU instead of ~6.4 s here
-(bench/RESULTS.md), same settings, same bitrate. Where the CPU has AVX2, LAME's quantization loop
-and Huffman bit counters (takehiro.c) run in AVX2 forms of ours that give the same bits. mindscript/lame.py prefers this library
-and otherwise uses the wheel's, so a machine without a C compiler still renders: the build then says why it
-was skipped and exits 0 (``--strict``: exit 1).
+(bench/RESULTS.md), same settings, same bitrate. Where the CPU has AVX2, LAME's quantization loop and
+Huffman bit counters (takehiro.c) run in AVX2 forms of ours that give the same bits. mindscript/lame.py
+prefers this library and otherwise uses the wheel's, so a machine without a C compiler still renders: the
+build then says why it was skipped and exits 0 (``--strict``: exit 1).
 
 ``CC`` (default ``cc``) is the compiler, ``LAME_MARCH`` (default ``native``) the ``-march`` target: a library
 built with ``native`` may not run on an older CPU, so build on (or for) the machine that renders.
