@@ -516,6 +516,7 @@ ms_hsum(__m256i v)
 /* count_bit_noESC_from3's three tables t, t+1, t+2 (t = 7, 10, 13; the three share t's xlen) in one: their
  * hlen bytes packed 10 bits apart, so one gather fetches all three */
 static uint32_t ms_hlen3[6 * 6 + 8 * 8 + 16 * 16];
+static const uint32_t *ms_hlen3_of[16];  /* by t: where t, t+1, t+2's packed table starts */
 
 static void __attribute__ ((constructor))
 ms_pack_hlen3(void)
@@ -529,6 +530,7 @@ ms_pack_hlen3(void)
         int const n = ht[t].xlen * ht[t].xlen;
         for (i = 0; i < n; i++)
             out[i] = ht[t].hlen[i] | (uint32_t) ht[t + 1].hlen[i] << 10 | (uint32_t) ht[t + 2].hlen[i] << 20;
+        ms_hlen3_of[t] = out;
         out += n;
     }
 }
@@ -693,7 +695,7 @@ count_bit_noESC_from3(const int *ix, const int *end, int max, unsigned int * s)
 
 #ifdef MS_AVX2
     if (end - ix > 16) {
-        uint32_t const *const packed = t1 == 7 ? ms_hlen3 : t1 == 10 ? ms_hlen3 + 6 * 6 : ms_hlen3 + 6 * 6 + 8 * 8;
+        uint32_t const *const packed = ms_hlen3_of[t1];
         __m256i const vxlen = _mm256_set1_epi32((int) xlen), m10 = _mm256_set1_epi32(0x3ff);
         __m256i a1 = _mm256_setzero_si256(), a2 = _mm256_setzero_si256(), a3 = _mm256_setzero_si256();
         do {
